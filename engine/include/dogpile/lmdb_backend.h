@@ -1,0 +1,58 @@
+// LMDB backend: a cache directory on local disk shared by many processes.
+//
+// A cache directory holds one LMDB environment (data.mdb, lock.mdb) and one
+// creation-lock file (creation.lock). Each region is a named sub-database of
+// the environment. Every process opens each directory once (found by device
+// and inode), shares that environment among all its regions and threads, and
+// reopens it after fork(). Keys longer than 511 bytes are stored under their
+// XXH3-128 hash; the region confirms the full key from the envelope. Creation
+// locks are Linux OFD byte-range locks on creation.lock: they exclude threads
+// and processes alike, and the kernel drops them when a holder dies.
+//
+// Registry name "lmdb"; arguments: path, region, map_size, max_regions,
+// max_readers, durability.
+//
+// Thread safety: a backend may be used by any number of threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "dogpile/backend.h"
+
+namespace dogpile {
+
+enum class Durability {
+  kDurable,     // every commit is synced to disk (MDB default)
+  kNoMetaSync,  // meta page not synced: the last commit may be lost on power loss
+  kNoSync,      // no syncs: recent commits may be lost on power loss, never corrupted
+};
+
+struct LmdbOptions {
+  // Cache directory, created 0700 when missing.
+  // Default: default_cache_dir() ($DOGPILE_DIR, $XDG_CACHE_HOME/dogpile, ~/.cache/dogpile).
+  std::string path;
+  // Sub-database holding this backend's entries.
+  // Default: "default".
+  std::string region = "default";
+  // Size of the memory map, the most the store may hold.
+  // Default: 1 GiB.
+  std::uint64_t map_size = std::uint64_t{1} << 30;
+  // Most named sub-databases (regions) the environment can hold; fixed by the
+  // first process that opens a directory.
+  // Default: 128.
+  std::uint32_t max_regions = 128;
+  // Most concurrent read transactions across all processes.
+  // Default: 510.
+  std::uint32_t max_readers = 510;
+  // Default: Durability::kDurable.
+  Durability durability = Durability::kDurable;
+};
+
+// Opens (or creates) the cache directory and the region's sub-database.
+// Throws StoreError naming the path and errno when it cannot, ConfigError for
+// bad options.
+std::unique_ptr<Backend> open_lmdb_backend(const LmdbOptions& options);
+
+}  // namespace dogpile

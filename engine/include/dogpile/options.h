@@ -1,0 +1,78 @@
+// Options: plain structs that configure a region and its calls.
+//
+// Build them with designated initializers:
+//   dogpile::RegionOptions{.name = "users", .expiration_time = std::chrono::minutes(10)}
+//
+// Thread safety: plain values; a Region copies its options at construction.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "dogpile/clock.h"
+#include "dogpile/config.h"
+#include "dogpile/envelope.h"
+
+namespace dogpile {
+
+// What get_or_create does when a creation-lock wait runs past lock_timeout and
+// there is no stale value to serve (a stale value is always served first).
+enum class LockTimeoutPolicy {
+  kRaise,          // throw LockTimeout
+  kCreateUnlocked, // call the creator without the lock
+};
+
+enum class LogLevel { kWarning, kError };
+using Logger = std::function<void(LogLevel level, std::string_view message)>;
+
+struct RegionOptions {
+  // Region name: the LMDB sub-database and the creation-lock scope.
+  // Default: "default".
+  std::string name = "default";
+  // Age after which an entry is stale; nullopt means entries never expire.
+  // Default: nullopt.
+  std::optional<Duration> expiration_time;
+  // Longest wait for another caller's creation lock; nullopt waits forever.
+  // Default: nullopt.
+  std::optional<Duration> lock_timeout;
+  // Default: LockTimeoutPolicy::kRaise.
+  LockTimeoutPolicy on_lock_timeout = LockTimeoutPolicy::kRaise;
+  // Payload encoding for values this region writes; any codec is read.
+  // Default: CodecId::kBinary (cereal binary).
+  CodecId codec = CodecId::kBinary;
+  // Maps a caller's key to the stored key (dogpile's key_mangler); applied
+  // before every backend call and lock.
+  // Default: none (keys are stored as given).
+  std::function<std::string(std::string_view)> key_mangler;
+  // Largest payload read or written; larger stored payloads are corrupt.
+  // Default: 256 MiB.
+  std::size_t max_value_size = std::size_t{256} << 20;
+  // An entry created further than this in the future (a clock stepped back)
+  // is stale, never fresh.
+  // Default: 60 s.
+  Duration future_tolerance = std::chrono::seconds(60);
+  // Wall clock for created_at and expiry.
+  // Default: system_clock().
+  std::shared_ptr<Clock> clock;
+  // Receives corruption and store-error reports, at most once per key per
+  // minute.
+  // Default: writes to stderr.
+  Logger logger;
+};
+
+// Per-call overrides of get / get_or_create.
+struct GetOptions {
+  // Replaces the region's expiration_time for this call; nullopt keeps the region's.
+  // Default: nullopt.
+  std::optional<Duration> expiration_time;
+  // Treat any stored entry as fresh (dogpile.cache's expiration_time=-1).
+  // Default: false.
+  bool ignore_expiration = false;
+};
+
+}  // namespace dogpile
