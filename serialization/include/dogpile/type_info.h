@@ -53,6 +53,11 @@ constexpr std::uint32_t schema_version() noexcept {
     static constexpr std::uint32_t schema_version = (SchemaVersion);       \
   }
 
+namespace dogpile {
+// Aliases so template types with commas fit the macro.
+using StringMap = std::map<std::string, std::string>;
+}  // namespace dogpile
+
 // Types the library registers itself.
 DOGPILE_REGISTER_TYPE(std::string, "std.string", 1);
 DOGPILE_REGISTER_TYPE(std::vector<std::uint8_t>, "std.bytes", 1);
@@ -64,4 +69,4 @@ DOGPILE_REGISTER_TYPE(std::uint64_t, "uint64", 1);
 DOGPILE_REGISTER_TYPE(double, "double", 1);
 DOGPILE_REGISTER_TYPE(std::vector<std::string>, "std.vector<std.string>", 1);
 DOGPILE_REGISTER_TYPE(std::vector<std::int64_t>, "std.vector<int64>", 1);
-DOGPILE_REGISTER_TYPE(std::map<std::string, std::string>, "std.map<std.string,std.string>", 1);
+DOGPILE_REGISTER_TYPE(dogpile::StringMap, "std.map<std.string,std.string>", 1);
