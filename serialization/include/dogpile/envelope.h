@@ -39,8 +39,10 @@ inline constexpr std::uint8_t kEnvelopeFormatVersion = 1;
 inline constexpr std::size_t kEnvelopeHeaderSize = 48;
 inline constexpr std::size_t kEnvelopeTrailerSize = 8;
 // Keys longer than this are stored under a hash; the envelope then holds the
-// full key so a reader can confirm it. 511 is LMDB's default key limit.
-inline constexpr std::size_t kMaxInlineKeySize = 511;
+// full key so a reader can confirm it. LMDB's key limit is 511 bytes and the
+// LMDB backend spends one byte of it on a tag that keeps inline and hashed
+// keys apart, which leaves 510.
+inline constexpr std::size_t kMaxInlineKeySize = 510;
 
 struct EnvelopeMeta {
   std::uint64_t type_tag = 0;                 // type_tag<T>()
