@@ -4,8 +4,9 @@
 // creation-lock file (creation.lock). Each region is a named sub-database of
 // the environment. Every process opens each directory once (found by device
 // and inode), shares that environment among all its regions and threads, and
-// reopens it after fork(). Keys longer than 511 bytes are stored under their
-// XXH3-128 hash; the region confirms the full key from the envelope. Creation
+// reopens it after fork(). Keys longer than 510 bytes (kMaxInlineKeySize) are
+// stored under their XXH3-128 hash; the region confirms the full key from the
+// envelope. Creation
 // locks are Linux OFD byte-range locks on creation.lock: they exclude threads
 // and processes alike, and the kernel drops them when a holder dies.
 //
@@ -40,7 +41,7 @@ struct LmdbOptions {
   // Default: 1 GiB.
   std::uint64_t map_size = std::uint64_t{1} << 30;
   // Most named sub-databases (regions) the environment can hold; fixed by the
-  // first process that opens a directory.
+  // first opener of a directory in each process.
   // Default: 128.
   std::uint32_t max_regions = 128;
   // Most concurrent read transactions across all processes.
