@@ -1,0 +1,219 @@
+#include "dogpile/region.h"
+
+#include <cstdio>
+#include <mutex>
+#include <unordered_map>
+
+#include <xxhash.h>
+
+#include "keyed_mutex.h"
+
+namespace dogpile {
+namespace internal {
+
+// Lets a report about one key through at most once a minute, so a corrupt hot
+// key cannot flood the log.
+class LogLimiter {
+ public:
+  bool allow(std::string_view key) {
+    const auto now = std::chrono::steady_clock::now();
+    const std::uint64_t h = XXH3_64bits(key.data(), key.size());
+    std::lock_guard lock(mu_);
+    if (last_.size() > kMaxKeys) last_.clear();  // bounded memory beats perfect limiting
+    auto [it, inserted] = last_.try_emplace(h, now);
+    if (!inserted) {
+      if (now - it->second < std::chrono::minutes(1)) return false;
+      it->second = now;
+    }
+    return true;
+  }
+
+ private:
+  static constexpr std::size_t kMaxKeys = 4096;
+  std::mutex mu_;
+  std::unordered_map<std::uint64_t, std::chrono::steady_clock::time_point> last_;  // guarded by mu_
+};
+
+}  // namespace internal
+
+namespace {
+
+std::int64_t to_ns(WallTime t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+WallTime from_ns(std::int64_t ns) {
+  return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
+}
+
+void log_to_stderr(LogLevel level, std::string_view message) {
+  std::fprintf(stderr, "dogpile %s: %.*s\n", level == LogLevel::kError ? "error" : "warning",
+               static_cast<int>(message.size()), message.data());
+}
+
+RegionOptions with_defaults(RegionOptions options) {
+  if (!options.clock) options.clock = system_clock();
+  if (!options.logger) options.logger = log_to_stderr;
+  if (options.name.empty()) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument, "region name is empty"));
+  }
+  return options;
+}
+
+}  // namespace
+
+Metadata metadata_from(const EnvelopeMeta& meta) {
+  Metadata out;
+  out.created_at = from_ns(meta.created_at_ns);
+  if (meta.expires_at_ns) out.expires_at = from_ns(*meta.expires_at_ns);
+  out.type_tag = meta.type_tag;
+  out.schema_version = meta.schema_version;
+  out.codec = meta.codec;
+  return out;
+}
+
+Region::Region(RegionOptions options, std::shared_ptr<Backend> backend)
+    : options_(with_defaults(std::move(options))),
+      backend_(std::move(backend)),
+      local_locks_(std::make_unique<internal::KeyedMutexTable>()),
+      log_limiter_(std::make_unique<internal::LogLimiter>()) {
+  if (!backend_) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument, "region '" + options_.name +
+                                                                      "' has no backend"));
+  }
+}
+
+Region::Region(RegionOptions options, std::string_view backend_name, const ConfigMap& arguments)
+    : Region(with_defaults(options), make_backend(backend_name, arguments, options.name)) {}
+
+Region::~Region() = default;
+
+std::string Region::mangle(std::string_view key) const {
+  return options_.key_mangler ? options_.key_mangler(key) : std::string(key);
+}
+
+std::optional<std::string_view> Region::full_key_for(const std::string& stored_key) const {
+  if (stored_key.size() > kMaxInlineKeySize) return std::string_view(stored_key);
+  return std::nullopt;
+}
+
+EnvelopeMeta Region::new_meta() const {
+  EnvelopeMeta meta;
+  meta.created_at_ns = to_ns(options_.clock->now());
+  return meta;
+}
+
+void Region::report(LogLevel level, const std::string& stored_key, const std::string& message) {
+  if (!log_limiter_->allow(stored_key)) return;
+  std::string key_text = stored_key.size() > 64 ? stored_key.substr(0, 64) + "..." : stored_key;
+  options_.logger(level, "region '" + options_.name + "' key '" + key_text + "': " + message);
+}
+
+void Region::read_entry(const std::string& stored_key, std::uint64_t tag, std::uint32_t schema,
+                        const GetOptions& call, Entry& entry) {
+  entry.state = State::kMissing;
+  std::optional<std::string> bytes;
+  if (Status s = backend_->get(stored_key, bytes); !s) {
+    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+    report(LogLevel::kError, stored_key, "read failed, treated as a miss: " + s.to_string());
+    return;
+  }
+  if (!bytes) return;
+  entry.bytes = std::move(*bytes);
+
+  switch (decode_envelope(entry.bytes, options_.max_value_size, entry.view)) {
+    case DecodeStatus::kOk:
+      break;
+    case DecodeStatus::kOtherVersion:
+      counters_.mismatches.fetch_add(1, std::memory_order_relaxed);
+      return;
+    case DecodeStatus::kCorrupt:
+    case DecodeStatus::kTooLarge:
+      counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
+      report(LogLevel::kError, stored_key, "corrupt entry, treated as a miss");
+      return;
+  }
+
+  // A shortened key must name this key exactly; an inline key must not have
+  // been shortened (else a crafted short key could alias a hashed long one).
+  const bool key_matches = stored_key.size() > kMaxInlineKeySize
+                               ? entry.view.full_key && *entry.view.full_key == stored_key
+                               : !entry.view.full_key;
+  if (!key_matches ||
+      (tag != 0 && (entry.view.meta.type_tag != tag || entry.view.meta.schema_version != schema))) {
+    counters_.mismatches.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+
+  if (call.ignore_expiration) {
+    entry.state = State::kFresh;
+    return;
+  }
+  const std::int64_t now = to_ns(options_.clock->now());
+  const EnvelopeMeta& meta = entry.view.meta;
+  const auto expiration = call.expiration_time ? call.expiration_time : options_.expiration_time;
+  const bool from_future =
+      meta.created_at_ns - now > std::chrono::nanoseconds(options_.future_tolerance).count();
+  const bool entry_expired = meta.expires_at_ns && now >= *meta.expires_at_ns;
+  const bool region_expired = expiration && now - meta.created_at_ns >= expiration->count();
+  entry.state = (from_future || entry_expired || region_expired) ? State::kStale : State::kFresh;
+}
+
+void Region::note_undecodable(const std::string& stored_key) {
+  counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
+  report(LogLevel::kError, stored_key, "payload does not decode, treated as a miss");
+}
+
+std::optional<Metadata> Region::get_value_metadata(std::string_view key) {
+  Entry entry;
+  read_entry(mangle(key), 0, 0, GetOptions{.ignore_expiration = true}, entry);
+  if (entry.state == State::kMissing) return std::nullopt;
+  return metadata_from(entry.view.meta);
+}
+
+Status Region::store(const std::string& stored_key, const std::string& envelope) {
+  Status s = backend_->set(stored_key, envelope);
+  if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  return s;
+}
+
+void Region::erase(std::string_view key) {
+  Status s = backend_->erase(mangle(key));
+  if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  throw_if_error(s);
+}
+
+std::unique_ptr<CreationMutex> Region::creation_mutex(const std::string& stored_key) {
+  std::unique_ptr<CreationMutex> mutex = backend_->get_mutex(stored_key);
+  return mutex ? std::move(mutex) : local_locks_->mutex(stored_key);
+}
+
+bool Region::key_is_locked(std::string_view key) {
+  return creation_mutex(mangle(key))->is_locked_anywhere();
+}
+
+void Region::throw_lock_timeout(const std::string& stored_key) {
+  throw LockTimeout(Status::error(StatusCode::kTimedOut,
+                                  "region '" + options_.name + "': waited past lock_timeout for "
+                                  "another caller creating key '" +
+                                      stored_key.substr(0, 64) + "'"));
+}
+
+RegionStats Region::stats() const noexcept {
+  const auto get = [](const std::atomic<std::uint64_t>& c) {
+    return c.load(std::memory_order_relaxed);
+  };
+  RegionStats s;
+  s.hits = get(counters_.hits);
+  s.misses = get(counters_.misses);
+  s.stale_served = get(counters_.stale_served);
+  s.creations = get(counters_.creations);
+  s.corruptions = get(counters_.corruptions);
+  s.mismatches = get(counters_.mismatches);
+  s.lock_timeouts = get(counters_.lock_timeouts);
+  s.lock_errors = get(counters_.lock_errors);
+  s.store_errors = get(counters_.store_errors);
+  return s;
+}
+
+}  // namespace dogpile

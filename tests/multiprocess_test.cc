@@ -1,0 +1,303 @@
+// The dogpile lock across real processes: fork()ed children share one cache
+// directory on the lmdb backend and record what they do in a creation log.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "dogpile/dogpile.h"
+#include "test_util.h"
+
+using namespace dogpile;
+using namespace std::chrono_literals;
+using dogpile::test::TempDir;
+
+namespace {
+
+// Appends one line to the log; O_APPEND makes each short write atomic, so
+// lines from concurrent processes never interleave.
+void log_line(const std::string& path, const std::string& line) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) _exit(90);
+  const std::string text = line + "\n";
+  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(91);
+  ::close(fd);
+}
+
+std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+int count_prefix(const std::vector<std::string>& lines, const std::string& prefix) {
+  int n = 0;
+  for (const auto& l : lines) n += l.rfind(prefix, 0) == 0;
+  return n;
+}
+
+// Children are released together: each blocks reading a pipe until the parent
+// closes its write end.
+class StartGate {
+ public:
+  StartGate() {
+    if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  }
+  ~StartGate() {
+    for (int fd : fds_)
+      if (fd >= 0) ::close(fd);
+  }
+  void wait_in_child() {
+    ::close(fds_[1]);
+    char c;
+    while (::read(fds_[0], &c, 1) < 0 && errno == EINTR) {
+    }
+  }
+  void open_gate() {
+    ::close(fds_[1]);
+    fds_[1] = -1;
+  }
+
+ private:
+  int fds_[2];
+};
+
+// Forks `n` children running `body(i)`; the child's exit status is its return
+// value (an exception is status 99).
+std::vector<pid_t> spawn(int n, StartGate& gate, const std::function<int(int)>& body) {
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+      int rc = 99;
+      try {
+        gate.wait_in_child();
+        rc = body(i);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child %d: %s\n", i, e.what());
+      }
+      _exit(rc);
+    }
+    pids.push_back(pid);
+  }
+  return pids;
+}
+
+// Waits for every pid; returns the number that did not exit with status 0.
+int reap(const std::vector<pid_t>& pids, std::map<pid_t, int>* statuses = nullptr) {
+  int failed = 0;
+  for (pid_t pid : pids) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (statuses != nullptr) (*statuses)[pid] = status;
+    failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  return failed;
+}
+
+Region open_region(const std::string& dir, std::optional<Duration> expiration = std::nullopt) {
+  return Region({.name = "mp", .expiration_time = expiration}, "lmdb", {{"path", dir}});
+}
+
+}  // namespace
+
+TEST_CASE("16 processes on a cold key: exactly one creation, 16 identical values",
+          "[multiprocess]") {
+  for (int round = 0; round < 10; ++round) {
+    INFO("round " << round);
+    TempDir dir;
+    const std::string log = dir / "log";
+    StartGate gate;
+    const auto pids = spawn(16, gate, [&](int) {
+      Region region = open_region(dir.path());
+      const std::string v = region.get_or_create<std::string>("cold", [&] {
+        log_line(log, "start " + std::to_string(::getpid()));
+        std::this_thread::sleep_for(200ms);
+        log_line(log, "done " + std::to_string(::getpid()));
+        return "value-from-" + std::to_string(::getpid());
+      });
+      log_line(log, "value " + v);
+      return 0;
+    });
+    gate.open_gate();
+    REQUIRE(reap(pids) == 0);
+    const auto lines = read_lines(log);
+    CHECK(count_prefix(lines, "start ") == 1);
+    CHECK(count_prefix(lines, "done ") == 1);
+    std::set<std::string> values;
+    for (const auto& l : lines)
+      if (l.rfind("value ", 0) == 0) values.insert(l);
+    CHECK(count_prefix(lines, "value ") == 16);
+    CHECK(values.size() == 1);
+  }
+}
+
+TEST_CASE("16 processes on an expired key: one creation, 15 served stale at once",
+          "[multiprocess]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  {
+    // Written an hour ago, so it is stale for a region expiring after 10 minutes.
+    auto past = std::make_shared<dogpile::test::FakeClock>(std::chrono::system_clock::now() - 1h);
+    Region writer({.name = "mp", .clock = past}, "lmdb", {{"path", dir.path()}});
+    writer.set<std::string>("k", "old");
+  }
+  StartGate gate;
+  const auto pids = spawn(16, gate, [&](int) {
+    Region region = open_region(dir.path(), 10min);
+    const auto started = std::chrono::steady_clock::now();
+    const std::string v = region.get_or_create<std::string>("k", [&] {
+      log_line(log, "start");
+      std::this_thread::sleep_for(1500ms);
+      log_line(log, "done");
+      return std::string("new");
+    });
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - started)
+                        .count();
+    log_line(log, "value " + v + " " + std::to_string(ms));
+    return 0;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  const auto lines = read_lines(log);
+  CHECK(count_prefix(lines, "start") == 1);
+  CHECK(count_prefix(lines, "value new ") == 1);
+  // Had they waited for the creator they would have read "new".
+  CHECK(count_prefix(lines, "value old ") == 15);
+  long slowest_stale = 0;
+  for (const auto& l : lines) {
+    if (l.rfind("value old ", 0) == 0) slowest_stale = std::max(slowest_stale, std::stol(l.substr(10)));
+  }
+  WARN("slowest stale read: " << slowest_stale << " ms (the creator takes 1500 ms)");
+  Region region = open_region(dir.path(), 10min);
+  CHECK(region.get<std::string>("k") == "new");
+}
+
+TEST_CASE("the lock holder killed mid-creation: another process takes over", "[multiprocess]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  // The first child takes the lock and hangs in its creator until killed.
+  StartGate first_gate;
+  const auto victim = spawn(1, first_gate, [&](int) {
+    Region region = open_region(dir.path());
+    region.get_or_create<std::string>("k", [&] {
+      log_line(log, "start victim");
+      std::this_thread::sleep_for(60s);
+      log_line(log, "done victim");
+      return std::string("victim");
+    });
+    return 0;
+  });
+  first_gate.open_gate();
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (count_prefix(read_lines(log), "start victim") == 0) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(5ms);
+  }
+  StartGate gate;
+  const auto waiters = spawn(6, gate, [&](int) {
+    Region region = open_region(dir.path());
+    const std::string v = region.get_or_create<std::string>("k", [&] {
+      log_line(log, "start " + std::to_string(::getpid()));
+      std::this_thread::sleep_for(100ms);
+      log_line(log, "done " + std::to_string(::getpid()));
+      return std::string("survivor");
+    });
+    log_line(log, "value " + v);
+    return 0;
+  });
+  gate.open_gate();
+  std::this_thread::sleep_for(200ms);  // let the waiters block on the lock
+  ::kill(victim[0], SIGKILL);
+  std::map<pid_t, int> statuses;
+  reap(victim, &statuses);
+  CHECK(WIFSIGNALED(statuses[victim[0]]));
+  REQUIRE(reap(waiters) == 0);
+  const auto lines = read_lines(log);
+  CHECK(count_prefix(lines, "done ") == 1);
+  CHECK(count_prefix(lines, "done victim") == 0);
+  CHECK(count_prefix(lines, "value survivor") == 6);
+}
+
+TEST_CASE("a value written by an exited process is read by a fresh one", "[multiprocess]") {
+  TempDir dir;
+  StartGate gate1;
+  const auto writer = spawn(1, gate1, [&](int) {
+    Region region = open_region(dir.path());
+    region.set<std::string>("k", "written by a process that has exited");
+    return 0;
+  });
+  gate1.open_gate();
+  REQUIRE(reap(writer) == 0);
+  StartGate gate2;
+  const auto reader = spawn(1, gate2, [&](int) {
+    Region region = open_region(dir.path());
+    return region.get<std::string>("k") == "written by a process that has exited" ? 0 : 1;
+  });
+  gate2.open_gate();
+  CHECK(reap(reader) == 0);
+}
+
+TEST_CASE("8 threads in each of 2 processes on one key: one creation", "[multiprocess]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  StartGate gate;
+  const auto pids = spawn(2, gate, [&](int) {
+    Region region = open_region(dir.path());
+    std::vector<std::thread> threads;
+    std::atomic<int> wrong{0};
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&] {
+        const std::string v = region.get_or_create<std::string>("k", [&] {
+          log_line(log, "start");
+          std::this_thread::sleep_for(200ms);
+          return std::string("shared");
+        });
+        if (v != "shared") ++wrong;
+      });
+    }
+    for (auto& t : threads) t.join();
+    return wrong == 0 ? 0 : 1;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  CHECK(count_prefix(read_lines(log), "start") == 1);
+}
+
+TEST_CASE("different keys create in parallel across processes", "[multiprocess]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  StartGate gate;
+  const auto pids = spawn(4, gate, [&](int i) {
+    Region region = open_region(dir.path());
+    region.get_or_create<std::string>("key-" + std::to_string(i), [&] {
+      log_line(log, "start");
+      std::this_thread::sleep_for(500ms);
+      log_line(log, "done");
+      return std::string("v");
+    });
+    return 0;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  const auto lines = read_lines(log);
+  REQUIRE(lines.size() == 8);
+  // Serialised creations would alternate start/done; parallel ones all start
+  // before the first is done.
+  CHECK(count_prefix(std::vector<std::string>(lines.begin(), lines.begin() + 4), "start") == 4);
+}

@@ -1,0 +1,546 @@
+// Region semantics on in-process backends: fresh / stale / missing, the
+// dogpile lock between threads, expiry, mismatches, corruption and errors.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <future>
+#include <latch>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "dogpile/dogpile.h"
+#include "test_util.h"
+
+using namespace dogpile;
+using namespace std::chrono_literals;
+using dogpile::test::FakeClock;
+
+namespace {
+
+struct Point {
+  int x = 0;
+  int y = 0;
+  bool operator==(const Point&) const = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x, y);
+  }
+};
+
+struct PointV2 {
+  int x = 0;
+  int y = 0;
+  int z = 0;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(x, y, z);
+  }
+};
+
+}  // namespace
+
+DOGPILE_REGISTER_TYPE(Point, "test.Point", 1);
+// Same name, newer schema: reading old entries must be a mismatch.
+DOGPILE_REGISTER_TYPE(PointV2, "test.Point", 2);
+
+namespace {
+
+// Wraps a backend, counting calls and failing on demand.
+class FaultyBackend final : public Backend {
+ public:
+  explicit FaultyBackend(std::shared_ptr<Backend> inner) : inner_(std::move(inner)) {}
+  Status get(std::string_view key, std::optional<std::string>& value) override {
+    ++gets;
+    if (fail_reads) return Status::io_error("injected read failure", "fake", EIO);
+    return inner_->get(key, value);
+  }
+  Status set(std::string_view key, std::string_view value) override {
+    ++sets;
+    if (fail_writes) return Status::error(StatusCode::kFull, "injected full store");
+    return inner_->set(key, value);
+  }
+  Status erase(std::string_view key) override { return inner_->erase(key); }
+  std::string_view name() const noexcept override { return "faulty"; }
+
+  std::atomic<int> gets{0}, sets{0};
+  std::atomic<bool> fail_reads{false}, fail_writes{false};
+
+ private:
+  std::shared_ptr<Backend> inner_;
+};
+
+struct Fixture {
+  std::shared_ptr<FakeClock> clock = std::make_shared<FakeClock>();
+  std::shared_ptr<Backend> backend = make_memory_backend();
+  std::vector<std::string> logs;
+  std::mutex logs_mu;
+
+  RegionOptions options(std::optional<Duration> expiration = std::nullopt) {
+    return RegionOptions{.name = "test",
+                         .expiration_time = expiration,
+                         .clock = clock,
+                         .logger = [this](LogLevel, std::string_view m) {
+                           std::lock_guard lock(logs_mu);
+                           logs.emplace_back(m);
+                         }};
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a miss is nullopt, never an exception", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  CHECK_FALSE(region.get<std::string>("absent").has_value());
+  CHECK_FALSE(region.get_value_metadata("absent").has_value());
+  CHECK(region.stats().misses == 1);
+  CHECK_NOTHROW(region.erase("absent"));
+}
+
+TEST_CASE("set then get returns the value with its metadata", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  region.set("p", Point{1, 2});
+  CHECK(region.get<Point>("p") == Point{1, 2});
+  const auto cached = region.get_value<Point>("p");
+  REQUIRE(cached);
+  CHECK(cached->payload == Point{1, 2});
+  CHECK(cached->metadata.created_at == f.clock->now());
+  CHECK(cached->metadata.type_tag == type_tag<Point>());
+  CHECK(cached->metadata.schema_version == 1);
+  CHECK(cached->metadata.codec == CodecId::kBinary);
+  region.erase("p");
+  CHECK_FALSE(region.get<Point>("p"));
+}
+
+TEST_CASE("another type or schema at a key is a mismatch: a miss, then overwritten",
+          "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  region.set("k", Point{3, 4});
+  CHECK_FALSE(region.get<std::string>("k").has_value());
+  CHECK_FALSE(region.get<PointV2>("k").has_value());
+  CHECK(region.stats().mismatches == 2);
+  int calls = 0;
+  const PointV2 v = region.get_or_create<PointV2>("k", [&] {
+    ++calls;
+    return PointV2{5, 6, 7};
+  });
+  CHECK(calls == 1);
+  CHECK(v.z == 7);
+  CHECK(region.get<PointV2>("k").has_value());
+  CHECK_FALSE(region.get<Point>("k").has_value());  // the old schema is now the mismatch
+  // Metadata is readable whatever the type.
+  const auto meta = region.get_value_metadata("k");
+  REQUIRE(meta);
+  CHECK(meta->schema_version == 2);
+}
+
+TEST_CASE("get_or_create creates once, then serves the stored value", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  int calls = 0;
+  auto creator = [&] {
+    ++calls;
+    return std::string("value-") + std::to_string(calls);
+  };
+  CHECK(region.get_or_create<std::string>("k", creator) == "value-1");
+  CHECK(region.get_or_create<std::string>("k", creator) == "value-1");
+  CHECK(calls == 1);
+  CHECK(region.stats().creations == 1);
+  CHECK(region.stats().hits == 1);
+}
+
+TEST_CASE("expiration: region, per call, ignore, and entries from the future", "[region]") {
+  Fixture f;
+  Region region(f.options(10s), f.backend);
+  int calls = 0;
+  auto creator = [&] { return ++calls; };
+
+  CHECK(region.get_or_create<std::int32_t>("k", creator) == 1);
+  f.clock->advance(9s);
+  CHECK(region.get<std::int32_t>("k") == 1);
+  SECTION("stale after expiration_time; get misses, ignore_expiration reads it") {
+    f.clock->advance(1s);
+    CHECK_FALSE(region.get<std::int32_t>("k"));
+    CHECK(region.get<std::int32_t>("k", {.ignore_expiration = true}) == 1);
+    CHECK(region.get_value_metadata("k").has_value());
+    CHECK(region.get_or_create<std::int32_t>("k", creator) == 2);
+    CHECK(calls == 2);
+    CHECK(region.get<std::int32_t>("k") == 2);
+  }
+  SECTION("a per-call expiration overrides the region's") {
+    CHECK_FALSE(region.get<std::int32_t>("k", {.expiration_time = 5s}));
+    CHECK(region.get<std::int32_t>("k", {.expiration_time = 1h}) == 1);
+    f.clock->advance(1h);
+    CHECK(region.get<std::int32_t>("k", {.expiration_time = 2h}) == 1);
+    CHECK(region.get_or_create<std::int32_t>("k", creator, {.expiration_time = 2h}) == 1);
+    CHECK(calls == 1);
+  }
+  SECTION("an entry created in the future beyond the tolerance is stale") {
+    Region no_expiry(f.options(), f.backend);
+    no_expiry.set<std::int32_t>("future", 7);
+    CHECK(no_expiry.get<std::int32_t>("future") == 7);
+    // The clock steps back two hours: the entry now looks created in the future.
+    auto back = std::make_shared<FakeClock>(f.clock->now() - 2h);
+    RegionOptions o = f.options();
+    o.clock = back;
+    Region stepped(o, f.backend);
+    CHECK_FALSE(stepped.get<std::int32_t>("future"));
+    // Within the tolerance it stays fresh.
+    auto slightly = std::make_shared<FakeClock>(f.clock->now() - 30s);
+    o.clock = slightly;
+    Region skewed(o, f.backend);
+    CHECK(skewed.get<std::int32_t>("future") == 7);
+  }
+}
+
+TEST_CASE("a per-entry expires_at in the envelope is honoured", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  EnvelopeMeta meta;
+  const auto now_ns = [&] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               f.clock->now().time_since_epoch())
+        .count();
+  };
+  meta.created_at_ns = now_ns();
+  meta.expires_at_ns = now_ns() + std::chrono::nanoseconds(5s).count();
+  std::string bytes;
+  encode_value(CodecId::kBinary, std::string("ttl"), meta, std::nullopt, bytes);
+  REQUIRE(f.backend->set("k", bytes));
+  CHECK(region.get<std::string>("k") == "ttl");
+  const auto md = region.get_value_metadata("k");
+  REQUIRE(md);
+  REQUIRE(md->expires_at);
+  f.clock->advance(5s);
+  CHECK_FALSE(region.get<std::string>("k"));
+}
+
+TEST_CASE("values written with any codec are read; the region's codec is written",
+          "[region]") {
+  Fixture f;
+  for (CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary, CodecId::kJson, CodecId::kRaw}) {
+    INFO(codec_name(codec));
+    RegionOptions o = f.options();
+    o.codec = codec;
+    Region writer(o, f.backend);
+    Region reader(f.options(), f.backend);
+    writer.set<std::string>("s", "hello \0 world");
+    CHECK(reader.get<std::string>("s") == std::string("hello \0 world"));
+    CHECK(reader.get_value_metadata("s")->codec == codec);
+  }
+  RegionOptions o = f.options();
+  o.codec = CodecId::kJson;
+  Region json(o, f.backend);
+  json.set("p", Point{8, 9});
+  std::optional<std::string> raw;
+  REQUIRE(f.backend->get("p", raw));
+  REQUIRE(raw);
+  CHECK(raw->find("\"value\"") != std::string::npos);
+}
+
+TEST_CASE("the key mangler is applied to every call", "[region]") {
+  Fixture f;
+  RegionOptions o = f.options();
+  o.key_mangler = [](std::string_view k) { return "ns:" + std::string(k); };
+  Region region(o, f.backend);
+  region.set<std::string>("a", "x");
+  std::optional<std::string> raw;
+  REQUIRE(f.backend->get("ns:a", raw));
+  CHECK(raw.has_value());
+  CHECK(region.get<std::string>("a") == "x");
+  CHECK(region.get_or_create<std::string>("a", [] { return std::string("no"); }) == "x");
+  region.erase("a");
+  REQUIRE(f.backend->get("ns:a", raw));
+  CHECK_FALSE(raw.has_value());
+}
+
+TEST_CASE("long keys carry the full key, which must match on read", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  const std::string long_a(600, 'a');
+  std::string long_b = long_a;
+  long_b.back() = 'b';
+  region.set<std::string>(long_a, "A");
+  CHECK(region.get<std::string>(long_a) == "A");
+  // The same envelope found under another long key (a hash collision in a
+  // hashing backend) is a mismatch, not a wrong value.
+  std::optional<std::string> raw;
+  REQUIRE(f.backend->get(long_a, raw));
+  REQUIRE(f.backend->set(long_b, *raw));
+  CHECK_FALSE(region.get<std::string>(long_b));
+  // Found under a short key, a shortened entry is a mismatch too.
+  REQUIRE(f.backend->set("short", *raw));
+  CHECK_FALSE(region.get<std::string>("short"));
+  CHECK(region.stats().mismatches == 2);
+  // And a short key's envelope under a long key lacks the full key.
+  // The cut-off: a key the LMDB backend hashes (over kMaxInlineKeySize) always
+  // carries its full key; one it stores inline never does.
+  for (std::size_t size : {kMaxInlineKeySize, kMaxInlineKeySize + 1}) {
+    const std::string key(size, 'k');
+    region.set<std::string>(key, "edge");
+    REQUIRE(f.backend->get(key, raw));
+    EnvelopeView view;
+    REQUIRE(decode_envelope(*raw, 1 << 20, view) == DecodeStatus::kOk);
+    CHECK(view.full_key.has_value() == (size > kMaxInlineKeySize));
+    CHECK(region.get<std::string>(key) == "edge");
+  }
+  region.set<std::string>("short2", "S");
+  REQUIRE(f.backend->get("short2", raw));
+  REQUIRE(f.backend->set(long_b, *raw));
+  CHECK_FALSE(region.get<std::string>(long_b));
+}
+
+TEST_CASE("corrupt entries are misses, counted, logged once per key per minute", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  region.set<std::string>("k", "good value");
+  std::optional<std::string> raw;
+  REQUIRE(f.backend->get("k", raw));
+  (*raw)[raw->size() / 2] ^= 0x5a;
+  REQUIRE(f.backend->set("k", *raw));
+  CHECK_FALSE(region.get<std::string>("k"));
+  CHECK_FALSE(region.get<std::string>("k"));
+  CHECK(region.stats().corruptions == 2);
+  CHECK(f.logs.size() == 1);
+  CHECK(f.logs[0].find("corrupt") != std::string::npos);
+  REQUIRE(f.backend->set("k", "not an envelope at all"));
+  CHECK(region.get_or_create<std::string>("k", [] { return std::string("regenerated"); }) ==
+        "regenerated");
+  CHECK(region.get<std::string>("k") == "regenerated");
+}
+
+TEST_CASE("backend failures: reads miss, get_or_create still returns, set throws", "[region]") {
+  Fixture f;
+  auto faulty = std::make_shared<FaultyBackend>(f.backend);
+  Region region(f.options(), faulty);
+  region.set<std::string>("k", "v");
+  faulty->fail_reads = true;
+  CHECK_FALSE(region.get<std::string>("k"));
+  CHECK(region.stats().store_errors == 1);
+  faulty->fail_reads = false;
+  faulty->fail_writes = true;
+  CHECK(region.get_or_create<std::string>("new", [] { return std::string("made"); }) == "made");
+  CHECK(region.stats().store_errors == 2);
+  CHECK_THROWS_AS(region.set<std::string>("k", "w"), CacheFull);
+  CHECK(region.get<std::string>("k") == "v");
+}
+
+TEST_CASE("creator exceptions reach the caller and release the lock", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  CHECK_THROWS_WITH(region.get_or_create<std::string>(
+                        "k", []() -> std::string { throw std::runtime_error("creator failed"); }),
+                    "creator failed");
+  CHECK_FALSE(region.key_is_locked("k"));
+  CHECK(region.get_or_create<std::string>("k", [] { return std::string("ok"); }) == "ok");
+}
+
+TEST_CASE("a waiter becomes the creator when the creator throws", "[region][threads]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  std::promise<void> creator_entered;
+  std::promise<void> let_fail;
+  std::atomic<int> second_calls{0};
+  std::thread first([&] {
+    CHECK_THROWS(region.get_or_create<std::string>("k", [&]() -> std::string {
+      creator_entered.set_value();
+      let_fail.get_future().wait();
+      throw std::runtime_error("boom");
+    }));
+  });
+  creator_entered.get_future().wait();
+  std::future<std::string> second = std::async(std::launch::async, [&] {
+    return region.get_or_create<std::string>("k", [&] {
+      ++second_calls;
+      return std::string("second");
+    });
+  });
+  // The second caller is blocked on the lock until the first one fails.
+  CHECK(second.wait_for(100ms) == std::future_status::timeout);
+  let_fail.set_value();
+  CHECK(second.get() == "second");
+  first.join();
+  CHECK(second_calls == 1);
+}
+
+TEST_CASE("many threads on a cold key: one creation, one value", "[region][threads]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  std::atomic<int> calls{0};
+  constexpr int kThreads = 16;
+  std::latch start(kThreads);
+  std::vector<std::string> results(kThreads);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      results[i] = region.get_or_create<std::string>("cold", [&] {
+        std::this_thread::sleep_for(50ms);
+        return "made-by-" + std::to_string(++calls);
+      });
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(calls == 1);
+  for (const auto& r : results) CHECK(r == "made-by-1");
+}
+
+TEST_CASE("a stale value is served at once while another thread regenerates it",
+          "[region][threads]") {
+  Fixture f;
+  Region region(f.options(10s), f.backend);
+  region.set<std::string>("k", "old");
+  f.clock->advance(11s);
+  std::promise<void> creator_entered;
+  std::promise<void> finish;
+  std::thread creator([&] {
+    CHECK(region.get_or_create<std::string>("k", [&] {
+      creator_entered.set_value();
+      finish.get_future().wait();
+      return std::string("new");
+    }) == "new");
+  });
+  creator_entered.get_future().wait();
+  CHECK(region.key_is_locked("k"));
+  int others = 0;
+  for (int i = 0; i < 5; ++i) {
+    CHECK(region.get_or_create<std::string>("k", [&] {
+      ++others;
+      return std::string("duplicate");
+    }) == "old");
+  }
+  CHECK(others == 0);
+  CHECK(region.stats().stale_served == 5);
+  finish.set_value();
+  creator.join();
+  CHECK(region.get<std::string>("k") == "new");
+}
+
+TEST_CASE("the stale path re-reads after winning the lock", "[region]") {
+  // A backend whose first read returns a stale entry while the store already
+  // holds a fresh one: the winner must re-read and not create again.
+  Fixture f;
+  Region region(f.options(10s), f.backend);
+  region.set<std::string>("k", "old");
+  std::optional<std::string> stale_bytes;
+  REQUIRE(f.backend->get("k", stale_bytes));
+  f.clock->advance(11s);
+  region.set<std::string>("k", "fresh");  // "another process" finished meanwhile
+
+  class FirstReadStale final : public Backend {
+   public:
+    FirstReadStale(std::shared_ptr<Backend> inner, std::string stale)
+        : inner_(std::move(inner)), stale_(std::move(stale)) {}
+    Status get(std::string_view key, std::optional<std::string>& value) override {
+      if (first_) {
+        first_ = false;
+        value = stale_;
+        return Status::ok();
+      }
+      return inner_->get(key, value);
+    }
+    Status set(std::string_view key, std::string_view value) override {
+      return inner_->set(key, value);
+    }
+    Status erase(std::string_view key) override { return inner_->erase(key); }
+    std::string_view name() const noexcept override { return "first-read-stale"; }
+
+   private:
+    std::shared_ptr<Backend> inner_;
+    std::string stale_;
+    bool first_ = true;
+  };
+  Region reader(f.options(10s), std::make_shared<FirstReadStale>(f.backend, *stale_bytes));
+  int calls = 0;
+  CHECK(reader.get_or_create<std::string>("k", [&] {
+    ++calls;
+    return std::string("duplicate");
+  }) == "fresh");
+  CHECK(calls == 0);
+}
+
+TEST_CASE("lock_timeout: raise, or create unlocked, per policy", "[region][threads]") {
+  Fixture f;
+  RegionOptions o = f.options();
+  o.lock_timeout = 50ms;
+  SECTION("raise") {}
+  SECTION("create unlocked") { o.on_lock_timeout = LockTimeoutPolicy::kCreateUnlocked; }
+  Region region(o, f.backend);
+  std::promise<void> creator_entered;
+  std::promise<void> finish;
+  std::thread holder([&] {
+    region.get_or_create<std::string>("k", [&] {
+      creator_entered.set_value();
+      finish.get_future().wait();
+      return std::string("slow");
+    });
+  });
+  creator_entered.get_future().wait();
+  const auto started = std::chrono::steady_clock::now();
+  if (o.on_lock_timeout == LockTimeoutPolicy::kRaise) {
+    CHECK_THROWS_AS(region.get_or_create<std::string>("k", [] { return std::string("x"); }),
+                    LockTimeout);
+  } else {
+    CHECK(region.get_or_create<std::string>("k", [] { return std::string("unlocked"); }) ==
+          "unlocked");
+  }
+  CHECK(std::chrono::steady_clock::now() - started >= 50ms);
+  CHECK(region.stats().lock_timeouts == 1);
+  finish.set_value();
+  holder.join();
+}
+
+TEST_CASE("nested get_or_create: other keys work, the same key is a typed error", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  const std::string outer = region.get_or_create<std::string>("outer", [&] {
+    return "outer+" + region.get_or_create<std::string>("inner", [] { return std::string("in"); });
+  });
+  CHECK(outer == "outer+in");
+  CHECK_THROWS_AS(region.get_or_create<std::string>("self",
+                                                    [&] {
+                                                      return region.get_or_create<std::string>(
+                                                          "self", [] { return std::string(); });
+                                                    }),
+                  ReentrantCreation);
+  CHECK_FALSE(region.key_is_locked("self"));
+}
+
+TEST_CASE("the null backend stores nothing: every get_or_create creates", "[region]") {
+  Fixture f;
+  Region region(f.options(), make_null_backend());
+  int calls = 0;
+  region.get_or_create<std::int32_t>("k", [&] { return ++calls; });
+  region.get_or_create<std::int32_t>("k", [&] { return ++calls; });
+  CHECK(calls == 2);
+}
+
+TEST_CASE("regions from the registry; bad configuration names what is wrong", "[region]") {
+  Fixture f;
+  Region memory(f.options(), "memory");
+  memory.set<std::string>("k", "v");
+  CHECK(memory.get<std::string>("k") == "v");
+  try {
+    Region bad(f.options(), "no-such-backend");
+    FAIL("no exception");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("no-such-backend") != std::string::npos);
+  }
+  CHECK_THROWS_AS(Region(RegionOptions{.name = ""}, "memory"), ConfigError);
+  CHECK_THROWS_AS(Region(f.options(), std::shared_ptr<Backend>()), ConfigError);
+}
+
+TEST_CASE("a region on lmdb keeps values across reopen", "[region][lmdb]") {
+  dogpile::test::TempDir dir;
+  {
+    Region region({.name = "persist"}, "lmdb", {{"path", dir.path()}});
+    region.set<std::string>("k", "on disk");
+  }
+  Region reopened({.name = "persist"}, "lmdb", {{"path", dir.path()}});
+  CHECK(reopened.get<std::string>("k") == "on disk");
+  Region other({.name = "other"}, "lmdb", {{"path", dir.path()}});
+  CHECK_FALSE(other.get<std::string>("k"));
+}

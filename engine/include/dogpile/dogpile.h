@@ -1,0 +1,17 @@
+// dogpile: a persistent on-disk cache shared by the processes of one host.
+//
+// The one header most programs need: regions, their options and errors, the
+// backend registry and the built-in backends.
+//
+// Thread safety: see each header.
+#pragma once
+
+#include "dogpile/backend.h"         // IWYU pragma: export
+#include "dogpile/cache_dir.h"       // IWYU pragma: export
+#include "dogpile/cached_value.h"    // IWYU pragma: export
+#include "dogpile/codec.h"           // IWYU pragma: export
+#include "dogpile/error.h"           // IWYU pragma: export
+#include "dogpile/lmdb_backend.h"    // IWYU pragma: export
+#include "dogpile/memory_backend.h"  // IWYU pragma: export
+#include "dogpile/options.h"         // IWYU pragma: export
+#include "dogpile/region.h"          // IWYU pragma: export

@@ -1,0 +1,40 @@
+// Internal: in-process creation locks for backends that offer none.
+//
+// A table of keys currently being created in this process. A mutex object for
+// a key holds it by inserting the key; waiters sleep on a condition variable.
+// A thread asking for a key it already holds gets kReentrant instead of
+// deadlocking with itself.
+//
+// Thread safety: the table is safe to share between threads; each mutex
+// object it hands out is used by one thread at a time.
+#pragma once
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+
+#include "dogpile/creation_mutex.h"
+
+namespace dogpile::internal {
+
+class KeyedMutexTable {
+ public:
+  std::unique_ptr<CreationMutex> mutex(std::string key);
+
+ private:
+  friend class KeyedMutex;
+
+  Status acquire(const std::string& key, bool wait, CreationMutex::Timeout timeout);
+  void release(const std::string& key) noexcept;
+  bool is_held(const std::string& key);
+
+  std::mutex mu_;
+  std::condition_variable released_;
+  std::unordered_map<std::string, std::thread::id> holders_;  // guarded by mu_
+};
+
+}  // namespace dogpile::internal
