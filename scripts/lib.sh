@@ -1,0 +1,48 @@
+# Shared by scripts/test, scripts/demo and scripts/bench; source it, do not run it.
+#
+# Sets DOGPILE_ROOT (the repository root) and defines:
+#   ensure_packages           install the Debian 12 build packages, or say how
+#   configure_build DIR OPT.. meson setup DIR with OPTs, reusing a configured DIR
+
+DOGPILE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+DOGPILE_PACKAGES=(
+  meson ninja-build pkg-config cmake g++ clang python3
+  liblmdb-dev libcereal-dev libxxhash-dev catch2 libcli11-dev libbenchmark-dev
+)
+
+ensure_packages() {
+  local missing=() package status
+  for package in "${DOGPILE_PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)"
+    [[ "$status" == installed ]] || missing+=("$package")
+  done
+  ((${#missing[@]} == 0)) && return 0
+
+  echo "missing Debian packages: ${missing[*]}" >&2
+  if [[ "$(id -u)" -eq 0 ]]; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  else
+    echo "install them as root, then run this again:" >&2
+    echo "  sudo sh -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}'" >&2
+    exit 1
+  fi
+}
+
+# configure_build DIR [meson options...]
+# A configured DIR is kept (its object files are still good) and only gets the
+# options applied; one meson cannot read any more is set up again in place.
+configure_build() {
+  local dir="$1"
+  shift
+  if [[ -f "$dir/meson-private/coredata.dat" ]]; then
+    meson configure "$dir" "$@" >/dev/null && return 0
+    echo "reconfiguring $dir" >&2
+    meson setup --reconfigure "$dir" "$@" && return 0
+    echo "setting up $dir from scratch" >&2
+    meson setup --wipe "$dir" "$@"
+  else
+    meson setup "$dir" "$@"
+  fi
+}
