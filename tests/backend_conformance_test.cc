@@ -18,6 +18,8 @@
 #include "dogpile/lmdb_backend.h"
 #include "dogpile/memory_backend.h"
 
+#include "test_util.h"
+
 namespace {
 
 using dogpile::Backend;
@@ -27,27 +29,7 @@ using dogpile::KeyValue;
 using dogpile::Status;
 using dogpile::StatusCode;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl =
-        std::string(base != nullptr && base[0] != '\0' ? base : "/tmp") + "/dogpile-backend-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using dogpile::test::TempDir;
 
 struct MemoryFixture {
   static constexpr bool kCrossProcessMutex = false;

@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.h"
+
 extern char** environ;
 
 namespace {
@@ -41,26 +43,11 @@ using dogpile::internal::LockFile;
 using std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-class TempDir {
+// A temporary cache directory and the lock file's place in it.
+class TempDir : public dogpile::test::TempDir {
  public:
-  TempDir() {
-    char tmpl[] = "/tmp/dogpile-lock-test-XXXXXX";
-    if (::mkdtemp(tmpl) == nullptr) throw std::system_error(errno, std::generic_category(), "mkdtemp");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
+  std::string file(const std::string& name) const { return *this / name; }
   std::string lock_path() const { return file(LockFile::kFileName); }
-
- private:
-  std::string path_;
 };
 
 std::shared_ptr<LockFile> open_lock(const std::string& path) {

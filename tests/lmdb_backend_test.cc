@@ -22,6 +22,8 @@
 #include "dogpile/backend.h"
 #include "dogpile/error.h"
 
+#include "test_util.h"
+
 namespace {
 
 using dogpile::Backend;
@@ -30,28 +32,7 @@ using dogpile::LmdbOptions;
 using dogpile::Status;
 using dogpile::StatusCode;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl =
-        std::string(base != nullptr && base[0] != '\0' ? base : "/tmp") + "/dogpile-lmdb-XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using dogpile::test::TempDir;
 
 std::unique_ptr<Backend> open(const std::string& path, const std::string& region = "default",
                               std::uint64_t map_size = std::uint64_t{1} << 30) {
