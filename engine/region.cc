@@ -97,9 +97,10 @@ std::optional<std::string_view> Region::full_key_for(const std::string& stored_k
   return std::nullopt;
 }
 
-EnvelopeMeta Region::new_meta() const {
+EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl) const {
   EnvelopeMeta meta;
   meta.created_at_ns = to_ns(options_.clock->now());
+  if (ttl) meta.expires_at_ns = meta.created_at_ns + ttl->count();
   return meta;
 }
 
@@ -151,12 +152,19 @@ void Region::read_entry(const std::string& stored_key, std::uint64_t tag, std::u
   }
   const std::int64_t now = to_ns(options_.clock->now());
   const EnvelopeMeta& meta = entry.view.meta;
-  const auto expiration = call.expiration_time ? call.expiration_time : options_.expiration_time;
   const bool from_future =
       meta.created_at_ns - now > std::chrono::nanoseconds(options_.future_tolerance).count();
-  const bool entry_expired = meta.expires_at_ns && now >= *meta.expires_at_ns;
-  const bool region_expired = expiration && now - meta.created_at_ns >= expiration->count();
-  entry.state = (from_future || entry_expired || region_expired) ? State::kStale : State::kFresh;
+  // A per-call expiration is the caller's explicit word and wins; else an
+  // entry's own TTL; else the region's expiration.
+  bool expired = false;
+  if (call.expiration_time) {
+    expired = now - meta.created_at_ns >= call.expiration_time->count();
+  } else if (meta.expires_at_ns) {
+    expired = now >= *meta.expires_at_ns;
+  } else if (options_.expiration_time) {
+    expired = now - meta.created_at_ns >= options_.expiration_time->count();
+  }
+  entry.state = (from_future || expired) ? State::kStale : State::kFresh;
 }
 
 void Region::note_undecodable(const std::string& stored_key) {

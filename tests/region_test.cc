@@ -544,3 +544,43 @@ TEST_CASE("a region on lmdb keeps values across reopen", "[region][lmdb]") {
   Region other({.name = "other"}, "lmdb", {{"path", dir.path()}});
   CHECK_FALSE(other.get<std::string>("k"));
 }
+
+TEST_CASE("a per-entry ttl wins over the region's expiration; a per-call one wins over both",
+          "[region][expiration]") {
+  Fixture f;
+  Region region(f.options(1h), f.backend);
+  region.set<std::string>("short", "s", {.ttl = 30s});
+  region.set<std::string>("long", "l", {.ttl = 2h});
+  region.set<std::string>("plain", "p");
+  REQUIRE(region.get_value_metadata("short")->expires_at == f.clock->now() + 30s);
+  CHECK_FALSE(region.get_value_metadata("plain")->expires_at.has_value());
+  f.clock->advance(31s);
+  CHECK_FALSE(region.get<std::string>("short"));
+  CHECK(region.get<std::string>("long") == "l");
+  CHECK(region.get<std::string>("plain") == "p");
+  f.clock->advance(1h);
+  CHECK(region.get<std::string>("long") == "l");  // its own 2 h beat the region's 1 h
+  CHECK_FALSE(region.get<std::string>("plain"));
+  CHECK_FALSE(region.get<std::string>("long", {.expiration_time = 1min}));
+  CHECK(region.get<std::string>("short", {.expiration_time = 1h + 2min}) == "s");
+  // get_or_create stores its ttl too.
+  int calls = 0;
+  region.get_or_create<std::int32_t>("made", [&] { return ++calls; }, {.ttl = 10s});
+  f.clock->advance(11s);
+  CHECK(region.get_or_create<std::int32_t>("made", [&] { return ++calls; }, {.ttl = 10s}) == 2);
+}
+
+TEST_CASE("should_cache decides whether a created value is stored", "[region]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  int calls = 0;
+  const CreateOptions<std::int32_t> only_even{.should_cache = [](const std::int32_t& v) {
+    return v % 2 == 0;
+  }};
+  CHECK(region.get_or_create<std::int32_t>("k", [&] { return ++calls; }, only_even) == 1);
+  CHECK_FALSE(region.get<std::int32_t>("k"));  // odd: returned, not stored
+  CHECK(region.get_or_create<std::int32_t>("k", [&] { return ++calls; }, only_even) == 2);
+  CHECK(region.get<std::int32_t>("k") == 2);
+  CHECK(region.get_or_create<std::int32_t>("k", [&] { return ++calls; }, only_even) == 2);
+  CHECK(calls == 2);
+}

@@ -65,7 +65,7 @@ struct RegionOptions {
   Logger logger;
 };
 
-// Per-call overrides of get / get_or_create.
+// Per-call overrides of get.
 struct GetOptions {
   // Replaces the region's expiration_time for this call; nullopt keeps the region's.
   // Default: nullopt.
@@ -73,6 +73,36 @@ struct GetOptions {
   // Treat any stored entry as fresh (dogpile.cache's expiration_time=-1).
   // Default: false.
   bool ignore_expiration = false;
+};
+
+// Per-call options of set.
+struct SetOptions {
+  // Lifetime of this entry, stored in its metadata (expires_at); it wins over
+  // the region's expiration_time when present.
+  // Default: nullopt (the region's expiration applies).
+  std::optional<Duration> ttl;
+};
+
+// Per-call options of get_or_create for values of type T.
+template <class T>
+struct CreateOptions {
+  // As GetOptions::expiration_time.
+  // Default: nullopt.
+  std::optional<Duration> expiration_time;
+  // As GetOptions::ignore_expiration.
+  // Default: false.
+  bool ignore_expiration = false;
+  // As SetOptions::ttl, for the value the creator makes.
+  // Default: nullopt.
+  std::optional<Duration> ttl;
+  // Whether a created value is stored (dogpile.cache's should_cache_fn); a
+  // value it rejects is still returned to the caller.
+  // Default: none (every value is stored).
+  std::function<bool(const T&)> should_cache;
+
+  GetOptions read_options() const {
+    return GetOptions{.expiration_time = expiration_time, .ignore_expiration = ignore_expiration};
+  }
 };
 
 }  // namespace dogpile

@@ -85,7 +85,7 @@ class Region {
   // Stores `value` at `key` with created_at = now. Throws CacheFull,
   // StoreError or Error when the backend cannot store it.
   template <RegisteredType T>
-  void set(std::string_view key, const T& value);
+  void set(std::string_view key, const T& value, const SetOptions& options = {});
 
   // Removes `key`; removing an absent key does nothing. Throws on backend errors.
   void erase(std::string_view key);
@@ -97,7 +97,7 @@ class Region {
   // (a creator asking for its own key). A failed store is logged and counted;
   // the creator's value is still returned.
   template <RegisteredType T, class Creator>
-  T get_or_create(std::string_view key, Creator&& creator, const GetOptions& call = {});
+  T get_or_create(std::string_view key, Creator&& creator, const CreateOptions<T>& call = {});
 
   // Whether some thread or process holds the creation lock of `key` now.
   bool key_is_locked(std::string_view key);
@@ -128,7 +128,7 @@ class Region {
                   const GetOptions& call, Entry& entry);
   // Codec-level decode failure of a checksum-valid entry.
   void note_undecodable(const std::string& stored_key);
-  EnvelopeMeta new_meta() const;
+  EnvelopeMeta new_meta(const std::optional<Duration>& ttl) const;
   std::optional<std::string_view> full_key_for(const std::string& stored_key) const;
   Status store(const std::string& stored_key, const std::string& envelope);
   void report(LogLevel level, const std::string& stored_key, const std::string& message);
@@ -141,7 +141,8 @@ class Region {
                Metadata* meta = nullptr);
   // Runs the creator and stores its result; the caller holds the lock (or chose not to).
   template <class T, class Creator>
-  T create_and_store(const std::string& stored_key, Creator& creator);
+  T create_and_store(const std::string& stored_key, Creator& creator,
+                     const CreateOptions<T>& call);
 
   RegionOptions options_;
   std::shared_ptr<Backend> backend_;
@@ -197,22 +198,24 @@ std::optional<CachedValue<T>> Region::get_value(std::string_view key, const GetO
 }
 
 template <RegisteredType T>
-void Region::set(std::string_view key, const T& value) {
+void Region::set(std::string_view key, const T& value, const SetOptions& options) {
   static_assert(std::is_default_constructible_v<T>, "cached types must be default-constructible");
   const std::string stored_key = mangle(key);
   std::string envelope;
-  encode_value(options_.codec, value, new_meta(), full_key_for(stored_key), envelope);
+  encode_value(options_.codec, value, new_meta(options.ttl), full_key_for(stored_key), envelope);
   throw_if_error(store(stored_key, envelope));
 }
 
 template <class T, class Creator>
-T Region::create_and_store(const std::string& stored_key, Creator& creator) {
+T Region::create_and_store(const std::string& stored_key, Creator& creator,
+                           const CreateOptions<T>& call) {
   T value = creator();
   counters_.creations.fetch_add(1, std::memory_order_relaxed);
+  if (call.should_cache && !call.should_cache(value)) return value;
   // The creator's value is returned even when it cannot be stored (spec §6).
   try {
     std::string envelope;
-    encode_value(options_.codec, value, new_meta(), full_key_for(stored_key), envelope);
+    encode_value(options_.codec, value, new_meta(call.ttl), full_key_for(stored_key), envelope);
     if (Status s = store(stored_key, envelope); !s) {
       report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
     }
@@ -224,10 +227,11 @@ T Region::create_and_store(const std::string& stored_key, Creator& creator) {
 }
 
 template <RegisteredType T, class Creator>
-T Region::get_or_create(std::string_view key, Creator&& creator, const GetOptions& call) {
+T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOptions<T>& options) {
   static_assert(std::is_convertible_v<std::invoke_result_t<Creator&>, T>,
                 "the creator must return a value convertible to T");
   const std::string stored_key = mangle(key);
+  const GetOptions call = options.read_options();
   std::optional<T> value;
   State state = lookup<T>(stored_key, call, value);
   if (state == State::kFresh) {
@@ -256,7 +260,7 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const GetOption
       counters_.hits.fetch_add(1, std::memory_order_relaxed);
       return std::move(*again);
     }
-    return create_and_store<T>(stored_key, creator);
+    return create_and_store<T>(stored_key, creator, options);
   }
 
   counters_.misses.fetch_add(1, std::memory_order_relaxed);
@@ -264,7 +268,7 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const GetOption
   if (locked.is_ok()) {
     // Re-read: whoever held the lock before us has likely stored the value.
     if (lookup<T>(stored_key, call, value) == State::kFresh) return std::move(*value);
-    return create_and_store<T>(stored_key, creator);
+    return create_and_store<T>(stored_key, creator, options);
   }
   if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
   if (locked.code() == StatusCode::kTimedOut) {
@@ -282,7 +286,7 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const GetOption
     report(LogLevel::kWarning, stored_key,
            "creation lock failed, creating unlocked: " + locked.to_string());
   }
-  return create_and_store<T>(stored_key, creator);
+  return create_and_store<T>(stored_key, creator, options);
 }
 
 }  // namespace dogpile
