@@ -119,6 +119,13 @@ void Region::read_entry(const std::string& stored_key, std::uint64_t tag, std::u
     report(LogLevel::kError, stored_key, "read failed, treated as a miss: " + s.to_string());
     return;
   }
+  classify(stored_key, std::move(bytes), tag, schema, call, entry);
+}
+
+void Region::classify(const std::string& stored_key, std::optional<std::string> bytes,
+                      std::uint64_t tag, std::uint32_t schema, const GetOptions& call,
+                      Entry& entry) {
+  entry.state = State::kMissing;
   if (!bytes) return;
   entry.bytes = std::move(*bytes);
 
@@ -165,6 +172,44 @@ void Region::read_entry(const std::string& stored_key, std::uint64_t tag, std::u
     expired = now - meta.created_at_ns >= options_.expiration_time->count();
   }
   entry.state = (from_future || expired) ? State::kStale : State::kFresh;
+}
+
+void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
+                          std::uint32_t schema, const GetOptions& call,
+                          std::vector<Entry>& entries) {
+  std::vector<std::optional<std::string>> bytes;
+  if (Status s = backend_->get_multi(stored_keys, bytes); !s) {
+    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+    report(LogLevel::kError, stored_keys.empty() ? std::string() : stored_keys.front(),
+           "multi read failed, treated as misses: " + s.to_string());
+    for (Entry& e : entries) e.state = State::kMissing;
+    return;
+  }
+  for (std::size_t i = 0; i < stored_keys.size(); ++i) {
+    classify(stored_keys[i], std::move(bytes[i]), tag, schema, call, entries[i]);
+  }
+}
+
+std::vector<std::string> Region::mangle_all(std::span<const std::string> keys) const {
+  std::vector<std::string> out;
+  out.reserve(keys.size());
+  for (const std::string& key : keys) out.push_back(mangle(key));
+  return out;
+}
+
+void Region::store_multi(std::vector<KeyValue>& items, bool throw_on_error) {
+  if (items.empty()) return;
+  Status s = backend_->set_multi(items);
+  if (s.is_ok()) return;
+  counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  if (throw_on_error) throw_if_error(s);
+  report(LogLevel::kError, items.front().first, "values not stored: " + s.to_string());
+}
+
+void Region::erase_multi(std::span<const std::string> keys) {
+  Status s = backend_->erase_multi(mangle_all(keys));
+  if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  throw_if_error(s);
 }
 
 void Region::note_undecodable(const std::string& stored_key) {

@@ -301,3 +301,41 @@ TEST_CASE("different keys create in parallel across processes", "[multiprocess]"
   // before the first is done.
   CHECK(count_prefix(std::vector<std::string>(lines.begin(), lines.begin() + 4), "start") == 4);
 }
+
+TEST_CASE("get_or_create_multi from 8 processes over overlapping key sets: each key once",
+          "[multiprocess][multi]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  StartGate gate;
+  // Process i asks for keys i .. i+7 of 0..14, in its own rotated order, so
+  // every key is wanted by several processes and lists overlap both ways.
+  const auto pids = spawn(8, gate, [&](int i) {
+    Region region = open_region(dir.path());
+    std::vector<std::string> keys;
+    for (int j = 0; j < 8; ++j) keys.push_back("k" + std::to_string(i + (j + i) % 8));
+    const auto values =
+        region.get_or_create_multi<std::string>(keys, [&](std::span<const std::string> missing) {
+          std::vector<std::string> out;
+          for (const auto& k : missing) {
+            log_line(log, "create " + k);
+            out.push_back("v-" + k);
+          }
+          std::this_thread::sleep_for(100ms);
+          return out;
+        });
+    for (std::size_t j = 0; j < keys.size(); ++j) {
+      if (values[j] != "v-" + keys[j]) return 1;
+    }
+    return 0;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  const auto lines = read_lines(log);
+  std::map<std::string, int> per_key;
+  for (const auto& l : lines) ++per_key[l];
+  CHECK(per_key.size() == 15);
+  for (const auto& [line, n] : per_key) {
+    INFO(line);
+    CHECK(n == 1);
+  }
+}

@@ -584,3 +584,149 @@ TEST_CASE("should_cache decides whether a created value is stored", "[region]") 
   CHECK(region.get_or_create<std::int32_t>("k", [&] { return ++calls; }, only_even) == 2);
   CHECK(calls == 2);
 }
+
+TEST_CASE("get_multi, set_multi and erase_multi keep the caller's order", "[region][multi]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  const std::vector<std::pair<std::string, std::string>> items{{"a", "A"}, {"b", "B"}, {"c", "C"}};
+  region.set_multi<std::string>(items);
+  const std::vector<std::string> keys{"c", "missing", "a", "b", "a"};
+  const auto values = region.get_multi<std::string>(keys);
+  REQUIRE(values.size() == 5);
+  CHECK(values[0] == "C");
+  CHECK_FALSE(values[1]);
+  CHECK(values[2] == "A");
+  CHECK(values[3] == "B");
+  CHECK(values[4] == "A");
+  const std::vector<std::string> gone{"a", "c", "never-set"};
+  region.erase_multi(gone);
+  const auto after = region.get_multi<std::string>(keys);
+  CHECK_FALSE(after[0]);
+  CHECK(after[3] == "B");
+}
+
+TEST_CASE("get_or_create_multi creates only what is missing, in one call", "[region][multi]") {
+  Fixture f;
+  Region region(f.options(10s), f.backend);
+  region.set<std::string>("have", "cached");
+  std::vector<std::vector<std::string>> calls;
+  auto creator = [&](std::span<const std::string> missing) {
+    calls.emplace_back(missing.begin(), missing.end());
+    std::vector<std::string> out;
+    for (const auto& k : missing) out.push_back("made:" + k);
+    return out;
+  };
+  const std::vector<std::string> keys{"x", "have", "y", "x"};
+  const auto values = region.get_or_create_multi<std::string>(keys, creator);
+  CHECK(values == std::vector<std::string>{"made:x", "cached", "made:y", "made:x"});
+  REQUIRE(calls.size() == 1);
+  CHECK(calls[0] == std::vector<std::string>{"x", "y"});  // duplicates once, caller's order
+  CHECK(region.get<std::string>("y") == "made:y");
+  // Everything fresh now: no creator call.
+  CHECK(region.get_or_create_multi<std::string>(keys, creator) == values);
+  CHECK(calls.size() == 1);
+  // Expired: regenerated (nobody else holds the locks).
+  f.clock->advance(11s);
+  region.set<std::string>("have", "fresh again");
+  region.get_or_create_multi<std::string>(keys, creator);
+  REQUIRE(calls.size() == 2);
+  CHECK(calls[1] == std::vector<std::string>{"x", "y"});
+}
+
+TEST_CASE("get_or_create_multi: a creator returning the wrong count is an error",
+          "[region][multi]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  const std::vector<std::string> keys{"a", "b"};
+  CHECK_THROWS_AS(region.get_or_create_multi<std::string>(
+                      keys, [](std::span<const std::string>) { return std::vector<std::string>{"x"}; }),
+                  Error);
+  CHECK_FALSE(region.key_is_locked("a"));
+  CHECK_FALSE(region.get<std::string>("a"));
+}
+
+TEST_CASE("get_or_create_multi serves stale keys another caller is regenerating",
+          "[region][multi][threads]") {
+  Fixture f;
+  Region region(f.options(10s), f.backend);
+  region.set<std::string>("s", "old");
+  f.clock->advance(11s);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread holder([&] {
+    region.get_or_create<std::string>("s", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("new");
+    });
+  });
+  entered.get_future().wait();
+  std::vector<std::string> created;
+  const std::vector<std::string> keys{"s", "m"};
+  const auto values =
+      region.get_or_create_multi<std::string>(keys, [&](std::span<const std::string> missing) {
+        created.assign(missing.begin(), missing.end());
+        return std::vector<std::string>(missing.size(), "made");
+      });
+  CHECK(values == std::vector<std::string>{"old", "made"});
+  CHECK(created == std::vector<std::string>{"m"});
+  finish.set_value();
+  holder.join();
+}
+
+TEST_CASE("get_or_create_multi re-reads after locking: a value made meanwhile is not remade",
+          "[region][multi][threads]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread holder([&] {
+    region.get_or_create<std::string>("k", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("single");
+    });
+  });
+  entered.get_future().wait();
+  std::atomic<int> multi_created{0};
+  auto multi = std::async(std::launch::async, [&] {
+    const std::vector<std::string> keys{"k", "other"};
+    return region.get_or_create_multi<std::string>(keys, [&](std::span<const std::string> missing) {
+      multi_created += static_cast<int>(missing.size());
+      return std::vector<std::string>(missing.size(), "multi");
+    });
+  });
+  CHECK(multi.wait_for(100ms) == std::future_status::timeout);  // waits on "k"
+  finish.set_value();
+  holder.join();
+  CHECK(multi.get() == std::vector<std::string>{"single", "multi"});
+  CHECK(multi_created == 1);
+}
+
+TEST_CASE("two get_or_create_multi calls over reversed key lists do not deadlock",
+          "[region][multi][threads]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  std::vector<std::string> forward;
+  for (int i = 0; i < 50; ++i) forward.push_back("key-" + std::to_string(i));
+  std::vector<std::string> backward(forward.rbegin(), forward.rend());
+  std::atomic<int> created{0};
+  auto make = [&](std::span<const std::string> missing) {
+    created += static_cast<int>(missing.size());
+    std::this_thread::sleep_for(1ms);
+    return std::vector<std::string>(missing.begin(), missing.end());
+  };
+  for (int round = 0; round < 20; ++round) {
+    region.erase_multi(forward);
+    created = 0;
+    auto a = std::async(std::launch::async, [&] {
+      return region.get_or_create_multi<std::string>(forward, make);
+    });
+    auto b = std::async(std::launch::async, [&] {
+      return region.get_or_create_multi<std::string>(backward, make);
+    });
+    CHECK(a.get() == forward);
+    CHECK(b.get() == backward);
+    CHECK(created == 50);
+  }
+}

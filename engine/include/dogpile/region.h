@@ -23,11 +23,14 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "dogpile/backend.h"
 #include "dogpile/cached_value.h"
@@ -99,6 +102,27 @@ class Region {
   template <RegisteredType T, class Creator>
   T get_or_create(std::string_view key, Creator&& creator, const CreateOptions<T>& call = {});
 
+  // Multi-key forms; each reads or writes all its keys in one backend call
+  // (one LMDB transaction). Results are in the order of `keys`.
+  template <RegisteredType T>
+  std::vector<std::optional<T>> get_multi(std::span<const std::string> keys,
+                                          const GetOptions& call = {});
+  template <RegisteredType T>
+  void set_multi(std::span<const std::pair<std::string, T>> items, const SetOptions& options = {});
+  void erase_multi(std::span<const std::string> keys);
+
+  // get_or_create for many keys (spec §2 rule 8). Fresh values are returned
+  // as they are; stale ones whose lock another caller holds are served stale;
+  // the rest are locked in one global order (so two multi calls never wait on
+  // each other in a cycle), re-read, and whatever is still missing is made by
+  // one call of `creator`: a callable taking std::span<const std::string> (the
+  // keys to create, in the order given) and returning std::vector<T> of the
+  // same size. The created values are stored in one backend call before the
+  // locks are released.
+  template <RegisteredType T, class Creator>
+  std::vector<T> get_or_create_multi(std::span<const std::string> keys, Creator&& creator,
+                                     const CreateOptions<T>& options = {});
+
   // Whether some thread or process holds the creation lock of `key` now.
   bool key_is_locked(std::string_view key);
 
@@ -135,6 +159,26 @@ class Region {
   std::unique_ptr<CreationMutex> creation_mutex(const std::string& stored_key);
   [[noreturn]] void throw_lock_timeout(const std::string& stored_key);
 
+  // Decodes and checks fetched bytes into `entry` (read_entry's second half).
+  void classify(const std::string& stored_key, std::optional<std::string> bytes,
+                std::uint64_t tag, std::uint32_t schema, const GetOptions& call, Entry& entry);
+  // As read_entry for many keys in one backend call; `entries` has one slot per key.
+  void read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
+                    std::uint32_t schema, const GetOptions& call, std::vector<Entry>& entries);
+  std::vector<std::string> mangle_all(std::span<const std::string> keys) const;
+  void store_multi(std::vector<KeyValue>& items, bool throw_on_error);
+
+  // Decodes a read entry as a T; fills `value` (and `meta`) for fresh and stale entries.
+  template <class T>
+  State decode_entry(const std::string& stored_key, const Entry& entry, std::optional<T>& value,
+                     Metadata* meta = nullptr);
+  template <class T>
+  std::vector<State> lookup_multi(const std::vector<std::string>& stored_keys,
+                                  const GetOptions& call, std::vector<std::optional<T>>& values);
+  template <class T>
+  void encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
+                   const std::optional<Duration>& ttl);
+
   // Reads `stored_key` as a T; fills `value` (and `meta`) for fresh and stale entries.
   template <class T>
   State lookup(const std::string& stored_key, const GetOptions& call, std::optional<T>& value,
@@ -156,10 +200,8 @@ class Region {
 Metadata metadata_from(const EnvelopeMeta& meta);
 
 template <class T>
-Region::State Region::lookup(const std::string& stored_key, const GetOptions& call,
-                             std::optional<T>& value, Metadata* meta) {
-  Entry entry;
-  read_entry(stored_key, type_tag<T>(), schema_version<T>(), call, entry);
+Region::State Region::decode_entry(const std::string& stored_key, const Entry& entry,
+                                   std::optional<T>& value, Metadata* meta) {
   value.reset();
   if (entry.state == State::kMissing) return State::kMissing;
   T decoded{};
@@ -170,6 +212,37 @@ Region::State Region::lookup(const std::string& stored_key, const GetOptions& ca
   value.emplace(std::move(decoded));
   if (meta != nullptr) *meta = metadata_from(entry.view.meta);
   return entry.state;
+}
+
+template <class T>
+Region::State Region::lookup(const std::string& stored_key, const GetOptions& call,
+                             std::optional<T>& value, Metadata* meta) {
+  Entry entry;
+  read_entry(stored_key, type_tag<T>(), schema_version<T>(), call, entry);
+  return decode_entry(stored_key, entry, value, meta);
+}
+
+template <class T>
+std::vector<Region::State> Region::lookup_multi(const std::vector<std::string>& stored_keys,
+                                                const GetOptions& call,
+                                                std::vector<std::optional<T>>& values) {
+  // Sized once: an Entry's view points into its own bytes, so entries never move.
+  std::vector<Entry> entries(stored_keys.size());
+  read_entries(stored_keys, type_tag<T>(), schema_version<T>(), call, entries);
+  values.resize(stored_keys.size());
+  std::vector<State> states(stored_keys.size());
+  for (std::size_t i = 0; i < stored_keys.size(); ++i) {
+    states[i] = decode_entry(stored_keys[i], entries[i], values[i]);
+  }
+  return states;
+}
+
+template <class T>
+void Region::encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
+                         const std::optional<Duration>& ttl) {
+  std::string envelope;
+  encode_value(options_.codec, value, new_meta(ttl), full_key_for(stored_key), envelope);
+  out.emplace_back(std::move(stored_key), std::move(envelope));
 }
 
 template <RegisteredType T>
@@ -287,6 +360,157 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
            "creation lock failed, creating unlocked: " + locked.to_string());
   }
   return create_and_store<T>(stored_key, creator, options);
+}
+
+
+template <RegisteredType T>
+std::vector<std::optional<T>> Region::get_multi(std::span<const std::string> keys,
+                                                const GetOptions& call) {
+  std::vector<std::optional<T>> values;
+  const std::vector<State> states = lookup_multi<T>(mangle_all(keys), call, values);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (states[i] == State::kFresh) {
+      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      counters_.misses.fetch_add(1, std::memory_order_relaxed);
+      values[i].reset();
+    }
+  }
+  return values;
+}
+
+template <RegisteredType T>
+void Region::set_multi(std::span<const std::pair<std::string, T>> items,
+                       const SetOptions& options) {
+  std::vector<KeyValue> encoded;
+  encoded.reserve(items.size());
+  for (const auto& [key, value] : items) encode_into(encoded, mangle(key), value, options.ttl);
+  store_multi(encoded, /*throw_on_error=*/true);
+}
+
+template <RegisteredType T, class Creator>
+std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Creator&& creator,
+                                           const CreateOptions<T>& options) {
+  static_assert(
+      std::is_convertible_v<std::invoke_result_t<Creator&, std::span<const std::string>>,
+                            std::vector<T>>,
+      "the creator must take std::span<const std::string> and return std::vector<T>");
+  const GetOptions call = options.read_options();
+  const std::vector<std::string> stored = mangle_all(keys);
+  std::vector<std::optional<T>> values;
+  std::vector<State> states = lookup_multi<T>(stored, call, values);
+
+  // One slot per distinct stored key that is not fresh, ordered by stored key:
+  // that order is the same in every process, so lock waits cannot cycle.
+  struct Slot {
+    std::vector<std::size_t> indices;  // positions in `keys`
+    State state = State::kMissing;
+    std::unique_ptr<CreationMutex> mutex;  // released when the slots go, after the store
+    bool timed_out = false;
+    bool done = false;  // value settled without creating
+  };
+  std::map<std::string_view, Slot> slots;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (states[i] == State::kFresh) {
+      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    Slot& slot = slots[stored[i]];
+    slot.indices.push_back(i);
+    slot.state = states[i];
+  }
+
+  for (auto& [stored_key, slot] : slots) {
+    const std::string key(stored_key);
+    slot.mutex = creation_mutex(key);
+    if (slot.state == State::kStale) {
+      const Status locked = slot.mutex->try_lock();
+      if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
+      if (!locked) {
+        if (locked.code() != StatusCode::kBusy) {
+          counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+          report(LogLevel::kWarning, key, "creation lock failed: " + locked.to_string());
+        }
+        counters_.stale_served.fetch_add(slot.indices.size(), std::memory_order_relaxed);
+        slot.done = true;
+      }
+      continue;
+    }
+    counters_.misses.fetch_add(slot.indices.size(), std::memory_order_relaxed);
+    const Status locked = slot.mutex->lock(options_.lock_timeout);
+    if (locked.is_ok()) continue;
+    if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
+    if (locked.code() == StatusCode::kTimedOut) {
+      counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+      slot.timed_out = true;
+    } else {
+      counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+      report(LogLevel::kWarning, key,
+             "creation lock failed, creating unlocked: " + locked.to_string());
+    }
+  }
+
+  // Re-read everything we locked or waited for (rule 1).
+  std::vector<std::string> reread_keys;
+  std::vector<Slot*> reread_slots;
+  for (auto& [stored_key, slot] : slots) {
+    if (slot.done) continue;
+    reread_keys.emplace_back(stored_key);
+    reread_slots.push_back(&slot);
+  }
+  std::vector<std::optional<T>> reread;
+  const std::vector<State> reread_states = lookup_multi<T>(reread_keys, call, reread);
+  for (std::size_t j = 0; j < reread_slots.size(); ++j) {
+    Slot& slot = *reread_slots[j];
+    const bool usable = reread_states[j] == State::kFresh ||
+                        (slot.timed_out && reread_states[j] == State::kStale);
+    if (usable) {
+      for (std::size_t i : slot.indices) values[i] = reread[j];
+      slot.done = true;
+    } else if (slot.timed_out && options_.on_lock_timeout == LockTimeoutPolicy::kRaise) {
+      throw_lock_timeout(reread_keys[j]);
+    }
+  }
+
+  // One creator call for what is still missing, in the caller's order.
+  std::vector<std::string> to_create;
+  std::vector<Slot*> created_slots;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const auto it = slots.find(stored[i]);
+    if (it == slots.end() || it->second.done || it->second.indices.front() != i) continue;
+    to_create.push_back(keys[i]);
+    created_slots.push_back(&it->second);
+  }
+  if (!to_create.empty()) {
+    std::vector<T> created = creator(std::span<const std::string>(to_create));
+    if (created.size() != to_create.size()) {
+      throw Error(Status::error(StatusCode::kInvalidArgument,
+                                "get_or_create_multi: the creator returned " +
+                                    std::to_string(created.size()) + " values for " +
+                                    std::to_string(to_create.size()) + " keys"));
+    }
+    counters_.creations.fetch_add(created.size(), std::memory_order_relaxed);
+    std::vector<KeyValue> encoded;
+    try {
+      for (std::size_t j = 0; j < created.size(); ++j) {
+        if (options.should_cache && !options.should_cache(created[j])) continue;
+        encode_into(encoded, stored[created_slots[j]->indices.front()], created[j], options.ttl);
+      }
+      store_multi(encoded, /*throw_on_error=*/false);
+    } catch (const std::exception& e) {
+      counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+      report(LogLevel::kError, stored[created_slots.front()->indices.front()],
+             std::string("values not encoded: ") + e.what());
+    }
+    for (std::size_t j = 0; j < created.size(); ++j) {
+      for (std::size_t i : created_slots[j]->indices) values[i] = created[j];
+    }
+  }
+
+  std::vector<T> out;
+  out.reserve(values.size());
+  for (auto& v : values) out.push_back(std::move(*v));
+  return out;
 }
 
 }  // namespace dogpile
