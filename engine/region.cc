@@ -241,6 +241,58 @@ std::unique_ptr<CreationMutex> Region::creation_mutex(const std::string& stored_
   return mutex ? std::move(mutex) : local_locks_->mutex(stored_key);
 }
 
+Status Region::wait_for_lock(CreationMutex& mutex) {
+  const auto started = std::chrono::steady_clock::now();
+  Status s = mutex.lock(options_.lock_timeout);
+  counters_.lock_waits.fetch_add(1, std::memory_order_relaxed);
+  counters_.lock_wait_ns.fetch_add(
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count()),
+      std::memory_order_relaxed);
+  return s;
+}
+
+namespace {
+constexpr std::string_view kSlotKeyPrefix("\0dogpile.creation-slot.", 23);
+// Creation slots this thread holds: a creation nested in a creator runs in its
+// outer creation's slot, so nesting can never wait on itself.
+thread_local int t_slots_held = 0;
+}  // namespace
+
+void Region::SlotRelease::operator()(CreationMutex* slot) const noexcept {
+  slot->unlock();
+  delete slot;
+  --t_slots_held;
+}
+
+Region::CreationSlot Region::acquire_creation_slot(const std::string& stored_key) {
+  const std::uint32_t n = options_.max_concurrent_creations;
+  if (n == 0 || t_slots_held > 0) return CreationSlot();
+  // Slot locks live beside the key locks; the NUL keeps them apart from any
+  // key a caller could mangle to by accident.
+  const auto slot_mutex = [&](std::uint32_t i) {
+    return creation_mutex(std::string(kSlotKeyPrefix) + std::to_string(i));
+  };
+  const auto take = [&](std::unique_ptr<CreationMutex> m) {
+    ++t_slots_held;
+    return CreationSlot(m.release());
+  };
+  // Any free slot first; when all are busy, queue on one chosen by the key
+  // (the seed's "modulus of the key's hash"), so waiters spread over slots.
+  for (std::uint32_t i = 0; i < n; ++i) {
+    auto m = slot_mutex(i);
+    if (m->try_lock().is_ok()) return take(std::move(m));
+  }
+  auto m = slot_mutex(static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) % n));
+  const Status s = wait_for_lock(*m);
+  if (s.is_ok()) return take(std::move(m));
+  // The throttle is never exceeded: a slot that cannot be had is an error.
+  if (s.code() == StatusCode::kTimedOut) throw_lock_timeout(stored_key);
+  throw_if_error(s);
+  return CreationSlot();
+}
+
 bool Region::key_is_locked(std::string_view key) {
   return creation_mutex(mangle(key))->is_locked_anywhere();
 }
@@ -263,6 +315,9 @@ RegionStats Region::stats() const noexcept {
   s.creations = get(counters_.creations);
   s.corruptions = get(counters_.corruptions);
   s.mismatches = get(counters_.mismatches);
+  s.creation_failures = get(counters_.creation_failures);
+  s.lock_waits = get(counters_.lock_waits);
+  s.lock_wait_ns = get(counters_.lock_wait_ns);
   s.lock_timeouts = get(counters_.lock_timeouts);
   s.lock_errors = get(counters_.lock_errors);
   s.store_errors = get(counters_.store_errors);

@@ -339,3 +339,35 @@ TEST_CASE("get_or_create_multi from 8 processes over overlapping key sets: each 
     CHECK(n == 1);
   }
 }
+
+TEST_CASE("max_concurrent_creations = 2 holds across 8 processes", "[multiprocess][policy]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  StartGate gate;
+  const auto pids = spawn(8, gate, [&](int i) {
+    Region region({.name = "mp", .max_concurrent_creations = 2}, "lmdb", {{"path", dir.path()}});
+    for (int round = 0; round < 3; ++round) {
+      region.get_or_create<std::string>(
+          "p" + std::to_string(i) + "-" + std::to_string(round), [&] {
+            log_line(log, "start");
+            std::this_thread::sleep_for(30ms);
+            log_line(log, "end");
+            return std::string("v");
+          });
+    }
+    return 0;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  // Lines are appended in the order the creators wrote them, inside their
+  // slots, so the running count is the number of creators overlapping.
+  int running = 0;
+  int peak = 0;
+  const auto lines = read_lines(log);
+  for (const auto& l : lines) {
+    running += l == "start" ? 1 : -1;
+    peak = std::max(peak, running);
+  }
+  CHECK(lines.size() == 48);
+  CHECK(peak == 2);
+}

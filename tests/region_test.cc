@@ -730,3 +730,98 @@ TEST_CASE("two get_or_create_multi calls over reversed key lists do not deadlock
     CHECK(created == 50);
   }
 }
+
+TEST_CASE("wait_for_fresh: a stale read waits for the regenerated value", "[region][policy]") {
+  Fixture f;
+  RegionOptions o = f.options(10s);
+  o.wait_for_fresh = true;
+  Region region(o, f.backend);
+  region.set<std::string>("k", "old");
+  f.clock->advance(11s);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread creator([&] {
+    region.get_or_create<std::string>("k", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("new");
+    });
+  });
+  entered.get_future().wait();
+  int others = 0;
+  auto reader = std::async(std::launch::async, [&] {
+    return region.get_or_create<std::string>("k", [&] {
+      ++others;
+      return std::string("duplicate");
+    });
+  });
+  CHECK(reader.wait_for(100ms) == std::future_status::timeout);  // not served stale
+  finish.set_value();
+  CHECK(reader.get() == "new");
+  creator.join();
+  CHECK(others == 0);
+  CHECK(region.stats().stale_served == 0);
+  CHECK(region.stats().lock_waits >= 1);
+  CHECK(region.stats().lock_wait_ns > 0);
+}
+
+TEST_CASE("serve_stale_on_error: a failing creator yields the stale value, counted and logged",
+          "[region][policy]") {
+  Fixture f;
+  RegionOptions o = f.options(10s);
+  o.serve_stale_on_error = true;
+  Region region(o, f.backend);
+  auto failing = []() -> std::string { throw std::runtime_error("backend of truth is down"); };
+  // Nothing stale to serve: the exception reaches the caller.
+  CHECK_THROWS_WITH(region.get_or_create<std::string>("k", failing), "backend of truth is down");
+  region.set<std::string>("k", "old");
+  f.clock->advance(11s);
+  CHECK(region.get_or_create<std::string>("k", failing) == "old");
+  CHECK(region.get_or_create<std::string>("k", failing) == "old");
+  const RegionStats st = region.stats();
+  CHECK(st.creation_failures == 3);
+  CHECK(st.stale_served == 2);
+  CHECK(f.logs.size() == 1);  // once per key per minute
+  CHECK(f.logs[0].find("backend of truth is down") != std::string::npos);
+  CHECK_FALSE(region.key_is_locked("k"));
+  // Without the option the error propagates even with a stale value.
+  Region strict(f.options(10s), f.backend);
+  CHECK_THROWS(strict.get_or_create<std::string>("k", failing));
+}
+
+TEST_CASE("max_concurrent_creations bounds creators across threads; nesting never deadlocks",
+          "[region][policy][threads]") {
+  Fixture f;
+  RegionOptions o = f.options();
+  o.max_concurrent_creations = 2;
+  Region region(o, f.backend);
+  std::atomic<int> running{0};
+  std::atomic<int> peak{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      region.get_or_create<std::string>("key-" + std::to_string(i), [&] {
+        const int now = ++running;
+        int seen = peak.load();
+        while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+        }
+        std::this_thread::sleep_for(20ms);
+        --running;
+        return std::string("v");
+      });
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(peak.load() == 2);
+  CHECK(region.stats().creations == 8);
+
+  // A creator creating other keys runs them inside its own slot.
+  RegionOptions one = f.options();
+  one.max_concurrent_creations = 1;
+  Region single(one, f.backend);
+  const std::string nested = single.get_or_create<std::string>("outer", [&] {
+    return single.get_or_create<std::string>("inner-1", [] { return std::string("a"); }) +
+           single.get_or_create<std::string>("inner-2", [] { return std::string("b"); });
+  });
+  CHECK(nested == "ab");
+}

@@ -42,6 +42,19 @@ struct RegionOptions {
   std::optional<Duration> lock_timeout;
   // Default: LockTimeoutPolicy::kRaise.
   LockTimeoutPolicy on_lock_timeout = LockTimeoutPolicy::kRaise;
+  // A caller finding a stale value waits for the caller regenerating it and
+  // returns the new value, instead of being served the stale one.
+  // Default: false.
+  bool wait_for_fresh = false;
+  // When a creator throws and a stale value exists, the caller gets the stale
+  // value; the error is counted and logged instead of thrown.
+  // Default: false.
+  bool serve_stale_on_error = false;
+  // At most this many creators of this region run at once, across every
+  // thread and process sharing the backend; 0 means no limit. A creation
+  // nested inside a creator runs within its outer creation's share.
+  // Default: 0.
+  std::uint32_t max_concurrent_creations = 0;
   // Payload encoding for values this region writes; any codec is read.
   // Default: CodecId::kBinary (cereal binary).
   CodecId codec = CodecId::kBinary;

@@ -55,6 +55,9 @@ struct RegionStats {
   std::uint64_t creations = 0;      // creator calls that returned
   std::uint64_t corruptions = 0;    // entries failing magic, length, checksum or payload decode
   std::uint64_t mismatches = 0;     // entries of another type, schema, format version or key
+  std::uint64_t creation_failures = 0;  // creator calls that threw
+  std::uint64_t lock_waits = 0;     // blocking creation-lock acquisitions
+  std::uint64_t lock_wait_ns = 0;   // total time spent in them
   std::uint64_t lock_timeouts = 0;  // creation-lock waits that ran out
   std::uint64_t lock_errors = 0;    // creation-lock acquisitions that failed outright
   std::uint64_t store_errors = 0;   // backend reads or writes that failed
@@ -142,7 +145,8 @@ class Region {
 
   struct Counters {
     std::atomic<std::uint64_t> hits{0}, misses{0}, stale_served{0}, creations{0},
-        corruptions{0}, mismatches{0}, lock_timeouts{0}, lock_errors{0}, store_errors{0};
+        corruptions{0}, mismatches{0}, creation_failures{0}, lock_waits{0}, lock_wait_ns{0},
+        lock_timeouts{0}, lock_errors{0}, store_errors{0};
   };
 
   std::string mangle(std::string_view key) const;
@@ -157,6 +161,16 @@ class Region {
   Status store(const std::string& stored_key, const std::string& envelope);
   void report(LogLevel level, const std::string& stored_key, const std::string& message);
   std::unique_ptr<CreationMutex> creation_mutex(const std::string& stored_key);
+  // A blocking acquisition, counted and timed for the statistics.
+  Status wait_for_lock(CreationMutex& mutex);
+
+  // One of max_concurrent_creations slots, held while a creator runs; empty
+  // when there is no limit or this thread's creation is nested in another.
+  struct SlotRelease {
+    void operator()(CreationMutex* slot) const noexcept;
+  };
+  using CreationSlot = std::unique_ptr<CreationMutex, SlotRelease>;
+  CreationSlot acquire_creation_slot(const std::string& stored_key);
   [[noreturn]] void throw_lock_timeout(const std::string& stored_key);
 
   // Decodes and checks fetched bytes into `entry` (read_entry's second half).
@@ -184,9 +198,12 @@ class Region {
   State lookup(const std::string& stored_key, const GetOptions& call, std::optional<T>& value,
                Metadata* meta = nullptr);
   // Runs the creator and stores its result; the caller holds the lock (or chose not to).
+  // Runs the creator (within a creation slot) and stores its result; the
+  // caller holds the key's lock (or chose not to). `stale` is served instead
+  // of a creator exception when serve_stale_on_error is set.
   template <class T, class Creator>
-  T create_and_store(const std::string& stored_key, Creator& creator,
-                     const CreateOptions<T>& call);
+  T create_and_store(const std::string& stored_key, Creator& creator, const CreateOptions<T>& call,
+                     const std::optional<T>& stale);
 
   RegionOptions options_;
   std::shared_ptr<Backend> backend_;
@@ -281,10 +298,30 @@ void Region::set(std::string_view key, const T& value, const SetOptions& options
 
 template <class T, class Creator>
 T Region::create_and_store(const std::string& stored_key, Creator& creator,
-                           const CreateOptions<T>& call) {
-  T value = creator();
+                           const CreateOptions<T>& call, const std::optional<T>& stale) {
+  std::optional<T> created;
+  {
+    const CreationSlot slot = acquire_creation_slot(stored_key);
+    try {
+      created.emplace(creator());
+    } catch (const std::exception& e) {
+      counters_.creation_failures.fetch_add(1, std::memory_order_relaxed);
+      if (!options_.serve_stale_on_error || !stale) throw;
+      report(LogLevel::kWarning, stored_key,
+             std::string("creator failed, serving the stale value: ") + e.what());
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return *stale;
+    } catch (...) {
+      counters_.creation_failures.fetch_add(1, std::memory_order_relaxed);
+      if (!options_.serve_stale_on_error || !stale) throw;
+      report(LogLevel::kWarning, stored_key, "creator failed, serving the stale value");
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return *stale;
+    }
+  }
+  T& value = *created;
   counters_.creations.fetch_add(1, std::memory_order_relaxed);
-  if (call.should_cache && !call.should_cache(value)) return value;
+  if (call.should_cache && !call.should_cache(value)) return std::move(value);
   // The creator's value is returned even when it cannot be stored (spec §6).
   try {
     std::string envelope;
@@ -296,7 +333,7 @@ T Region::create_and_store(const std::string& stored_key, Creator& creator,
     counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
     report(LogLevel::kError, stored_key, std::string("value not encoded: ") + e.what());
   }
-  return value;
+  return std::move(value);
 }
 
 template <RegisteredType T, class Creator>
@@ -306,62 +343,64 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
   const std::string stored_key = mangle(key);
   const GetOptions call = options.read_options();
   std::optional<T> value;
-  State state = lookup<T>(stored_key, call, value);
+  const State state = lookup<T>(stored_key, call, value);
   if (state == State::kFresh) {
     counters_.hits.fetch_add(1, std::memory_order_relaxed);
     return std::move(*value);
   }
 
   // The mutex object's destructor releases the lock on every path out,
-  // creator exceptions included.
+  // creator exceptions included, and only after the new value is stored.
   std::unique_ptr<CreationMutex> mutex = creation_mutex(stored_key);
-
+  std::optional<T> stale;
+  Status locked;
   if (state == State::kStale) {
-    const Status locked = mutex->try_lock();
-    if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
-    if (!locked) {
-      if (locked.code() != StatusCode::kBusy) {
+    stale = std::move(value);
+    locked = options_.wait_for_fresh ? wait_for_lock(*mutex) : mutex->try_lock();
+    if (!locked.is_ok() && locked.code() != StatusCode::kReentrant) {
+      // Someone else is regenerating it, we waited long enough, or the lock
+      // failed: a stale value beats none.
+      if (locked.code() == StatusCode::kTimedOut) {
+        counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+      } else if (locked.code() != StatusCode::kBusy) {
         counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
         report(LogLevel::kWarning, stored_key, "creation lock failed: " + locked.to_string());
       }
       counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
-      return std::move(*value);
+      return std::move(*stale);
     }
-    // Won the lock: another caller may have stored a new value meanwhile.
+  } else {
+    counters_.misses.fetch_add(1, std::memory_order_relaxed);
+    locked = wait_for_lock(*mutex);
+  }
+  if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
+
+  if (locked.is_ok() || locked.code() == StatusCode::kTimedOut) {
+    // Re-read after every acquisition (rule 1): whoever held the lock before
+    // us has likely stored the value.
     std::optional<T> again;
-    if (lookup<T>(stored_key, call, again) == State::kFresh) {
+    const State now = lookup<T>(stored_key, call, again);
+    if (now == State::kFresh) {
       counters_.hits.fetch_add(1, std::memory_order_relaxed);
       return std::move(*again);
     }
-    return create_and_store<T>(stored_key, creator, options);
+    if (now == State::kStale) stale = std::move(again);
   }
-
-  counters_.misses.fetch_add(1, std::memory_order_relaxed);
-  const Status locked = mutex->lock(options_.lock_timeout);
-  if (locked.is_ok()) {
-    // Re-read: whoever held the lock before us has likely stored the value.
-    if (lookup<T>(stored_key, call, value) == State::kFresh) return std::move(*value);
-    return create_and_store<T>(stored_key, creator, options);
-  }
-  if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
   if (locked.code() == StatusCode::kTimedOut) {
     counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
-    state = lookup<T>(stored_key, call, value);
-    if (state == State::kFresh) return std::move(*value);
-    if (state == State::kStale) {
+    if (stale) {
       counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
-      return std::move(*value);
+      return std::move(*stale);
     }
     if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_lock_timeout(stored_key);
-  } else {
+  } else if (!locked.is_ok()) {
     // The lock itself failed (I/O error): availability wins over de-duplication.
     counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
     report(LogLevel::kWarning, stored_key,
            "creation lock failed, creating unlocked: " + locked.to_string());
   }
-  return create_and_store<T>(stored_key, creator, options);
+  return create_and_store<T>(stored_key, creator, options, stale);
 }
-
 
 template <RegisteredType T>
 std::vector<std::optional<T>> Region::get_multi(std::span<const std::string> keys,
