@@ -36,6 +36,10 @@ Status Backend::erase_multi(std::span<const std::string> keys) {
 
 std::unique_ptr<CreationMutex> Backend::get_mutex(std::string_view) { return nullptr; }
 
+std::shared_ptr<InvalidationStrategy> Backend::invalidation_strategy() {
+  return local_invalidation_;
+}
+
 // ---- registry ----
 
 namespace {

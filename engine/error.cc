@@ -20,6 +20,8 @@ void throw_if_error(const Status& status) {
       throw ReentrantCreation(status);
     case StatusCode::kFull:
       throw CacheFull(status);
+    case StatusCode::kNotConfigured:
+      throw RegionNotConfigured(status);
     case StatusCode::kIOError:
     case StatusCode::kCorruption:
       throw StoreError(status);

@@ -220,6 +220,15 @@ void give_back(const LockFile& file, LockFd fd) noexcept {
   fd.reset();
 }
 
+// Re-assigns a held lock to `thread` (a default id: to no thread).
+void set_holder(std::uint64_t token, std::thread::id thread) noexcept {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> guard(r.mu);
+  for (HeldRecord& rec : r.held) {
+    if (rec.token == token) rec.thread = thread;
+  }
+}
+
 void forget_held(std::uint64_t token) noexcept {
   Registry& r = registry();
   std::lock_guard<std::mutex> guard(r.mu);
@@ -266,6 +275,7 @@ class HeldLock {
 
   // False also in a forked child, whose copy of the lock was dropped.
   bool held() const noexcept { return file_ != nullptr && fd_.valid(); }
+  std::uint64_t token() const noexcept { return token_; }
 
   void release() noexcept {
     if (file_ == nullptr) return;
@@ -312,6 +322,12 @@ class OfdMutex final : public CreationMutex {
   }
 
   void unlock() noexcept override { held_.release(); }
+  void hand_over() noexcept override {
+    if (held_.held()) set_holder(held_.token(), std::thread::id());
+  }
+  void adopt() noexcept override {
+    if (held_.held()) set_holder(held_.token(), std::this_thread::get_id());
+  }
 
   bool is_locked_anywhere() override {
     // The master descriptor never holds a lock, so every holder conflicts

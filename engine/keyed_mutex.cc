@@ -15,6 +15,12 @@ class KeyedMutex final : public CreationMutex {
     if (held_) table_.release(key_);
     held_ = false;
   }
+  void hand_over() noexcept override {
+    if (held_) table_.set_holder(key_, std::thread::id());
+  }
+  void adopt() noexcept override {
+    if (held_) table_.set_holder(key_, std::this_thread::get_id());
+  }
   bool is_locked_anywhere() override { return held_ || table_.is_held(key_); }
 
  private:
@@ -68,6 +74,12 @@ void KeyedMutexTable::release(const std::string& key) noexcept {
     holders_.erase(key);
   }
   released_.notify_all();
+}
+
+void KeyedMutexTable::set_holder(const std::string& key, std::thread::id thread) noexcept {
+  std::lock_guard lock(mu_);
+  const auto it = holders_.find(key);
+  if (it != holders_.end()) it->second = thread;
 }
 
 bool KeyedMutexTable::is_held(const std::string& key) {

@@ -30,6 +30,8 @@ class KeyedMutexTable {
 
   Status acquire(const std::string& key, bool wait, CreationMutex::Timeout timeout);
   void release(const std::string& key) noexcept;
+  // Re-assigns a held key to `thread` (a default id: to no thread).
+  void set_holder(const std::string& key, std::thread::id thread) noexcept;
   bool is_held(const std::string& key);
 
   std::mutex mu_;

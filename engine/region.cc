@@ -72,23 +72,148 @@ Metadata metadata_from(const EnvelopeMeta& meta) {
   return out;
 }
 
-Region::Region(RegionOptions options, std::shared_ptr<Backend> backend)
+Region::Region(RegionOptions options)
     : options_(with_defaults(std::move(options))),
-      backend_(std::move(backend)),
       local_locks_(std::make_unique<internal::KeyedMutexTable>()),
-      log_limiter_(std::make_unique<internal::LogLimiter>()) {
-  if (!backend_) {
-    throw ConfigError(Status::error(StatusCode::kInvalidArgument, "region '" + options_.name +
-                                                                      "' has no backend"));
-  }
+      log_limiter_(std::make_unique<internal::LogLimiter>()) {}
+
+Region::Region(RegionOptions options, std::shared_ptr<Backend> backend)
+    : Region(std::move(options)) {
+  configure(std::move(backend));
 }
 
 Region::Region(RegionOptions options, std::string_view backend_name, const ConfigMap& arguments)
-    : Region(with_defaults(options), make_backend(backend_name, arguments, options.name)) {}
+    : Region(std::move(options)) {
+  configure(backend_name, arguments);
+}
 
-Region::~Region() = default;
+void Region::require_unconfigured() const {
+  if (backend_) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                    "region '" + options_.name + "' is already configured"));
+  }
+}
+
+void Region::configure(std::shared_ptr<Backend> backend) {
+  require_unconfigured();
+  if (!backend) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                    "region '" + options_.name + "' has no backend"));
+  }
+  backend_ = std::move(backend);
+  if (!options_.invalidation) options_.invalidation = backend_->invalidation_strategy();
+  if (!options_.invalidation) options_.invalidation = make_local_invalidation();
+}
+
+void Region::configure(std::string_view backend_name, const ConfigMap& arguments) {
+  require_unconfigured();
+  configure(make_backend(backend_name, arguments, options_.name));
+}
+
+namespace {
+
+// "none" / "never" is no duration at all (never expire, wait forever).
+std::optional<Duration> optional_duration(ConfigReader& reader, std::string_view key,
+                                          const std::optional<Duration>& current,
+                                          const ConfigMap& config) {
+  const auto it = config.find(key);
+  if (it != config.end() && (it->second == "none" || it->second == "never")) {
+    (void)reader.string(key);
+    return std::nullopt;
+  }
+  if (auto d = reader.duration(key)) return d;
+  return current;
+}
+
+}  // namespace
+
+void Region::configure_from_config(const ConfigMap& config, std::string_view prefix) {
+  require_unconfigured();
+  ConfigMap own;  // the region's keys, prefix removed; arguments go to the backend
+  for (auto& [key, value] : config_with_prefix(config, prefix)) {
+    if (key.rfind("arguments.", 0) != 0) own.emplace(key, value);
+  }
+  const std::string what = "region '" + options_.name + "' config (prefix '" +
+                           std::string(prefix) + "')";
+  ConfigReader reader(own, what);
+  RegionOptions o = options_;
+  const std::optional<std::string> backend_name = reader.string("backend");
+  o.expiration_time = optional_duration(reader, "expiration_time", o.expiration_time, own);
+  o.lock_timeout = optional_duration(reader, "lock_timeout", o.lock_timeout, own);
+  if (auto policy = reader.string("on_lock_timeout")) {
+    if (*policy == "raise") {
+      o.on_lock_timeout = LockTimeoutPolicy::kRaise;
+    } else if (*policy == "create_unlocked") {
+      o.on_lock_timeout = LockTimeoutPolicy::kCreateUnlocked;
+    } else {
+      throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                      what + " option 'on_lock_timeout': '" + *policy +
+                                          "' is not raise or create_unlocked"));
+    }
+  }
+  if (auto codec = reader.string("codec")) {
+    const std::optional<CodecId> id = codec_from_name(*codec);
+    if (!id) {
+      throw ConfigError(Status::error(
+          StatusCode::kInvalidArgument,
+          what + " option 'codec': '" + *codec + "' is not binary, portable_binary, json or raw"));
+    }
+    o.codec = *id;
+  }
+  if (auto size = reader.size("max_value_size")) o.max_value_size = *size;
+  if (auto d = reader.duration("future_tolerance")) o.future_tolerance = *d;
+  if (auto b = reader.boolean("wait_for_fresh")) o.wait_for_fresh = *b;
+  if (auto b = reader.boolean("serve_stale_on_error")) o.serve_stale_on_error = *b;
+  if (auto n = reader.unsigned_integer("max_concurrent_creations")) {
+    if (*n > 1024) {
+      throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                      what + " option 'max_concurrent_creations': " +
+                                          std::to_string(*n) + " is above 1024"));
+    }
+    o.max_concurrent_creations = static_cast<std::uint32_t>(*n);
+  }
+  throw_if_error(reader.finish());
+  if (!backend_name) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                    what + ": missing '" + std::string(prefix) + "backend'"));
+  }
+  // Built before anything changes, so a bad argument leaves the region as it was.
+  std::shared_ptr<Backend> backend = make_backend_from_config(config, prefix, options_.name);
+  options_ = std::move(o);
+  configure(std::move(backend));
+}
+
+Backend& Region::backend() {
+  require_configured();
+  return *backend_;
+}
+
+void Region::require_configured() const {
+  if (!backend_) {
+    throw RegionNotConfigured(Status::error(
+        StatusCode::kNotConfigured,
+        "region '" + options_.name + "' is used before configure() gave it a backend"));
+  }
+}
+
+Region::~Region() {
+  // Background jobs refer to this region: let them finish first.
+  std::unique_lock lock(jobs_mu_);
+  jobs_done_.wait(lock, [this] { return pending_jobs_ == 0; });
+}
+
+void Region::job_started() {
+  std::lock_guard lock(jobs_mu_);
+  ++pending_jobs_;
+}
+
+void Region::job_finished() noexcept {
+  std::lock_guard lock(jobs_mu_);
+  if (--pending_jobs_ == 0) jobs_done_.notify_all();
+}
 
 std::string Region::mangle(std::string_view key) const {
+  require_configured();
   return options_.key_mangler ? options_.key_mangler(key) : std::string(key);
 }
 
@@ -153,6 +278,11 @@ void Region::classify(const std::string& stored_key, std::optional<std::string> 
     return;
   }
 
+  // Hard invalidation makes an entry missing even when expiry is ignored;
+  // soft invalidation is a kind of expiry.
+  const InvalidationStrategy& stamps = *options_.invalidation;
+  const WallTime created_at = from_ns(entry.view.meta.created_at_ns);
+  if (stamps.is_hard_invalidated(created_at)) return;
   if (call.ignore_expiration) {
     entry.state = State::kFresh;
     return;
@@ -171,7 +301,8 @@ void Region::classify(const std::string& stored_key, std::optional<std::string> 
   } else if (options_.expiration_time) {
     expired = now - meta.created_at_ns >= options_.expiration_time->count();
   }
-  entry.state = (from_future || expired) ? State::kStale : State::kFresh;
+  const bool stale = from_future || expired || stamps.is_soft_invalidated(created_at);
+  entry.state = stale ? State::kStale : State::kFresh;
 }
 
 void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
@@ -207,7 +338,8 @@ void Region::store_multi(std::vector<KeyValue>& items, bool throw_on_error) {
 }
 
 void Region::erase_multi(std::span<const std::string> keys) {
-  Status s = backend_->erase_multi(mangle_all(keys));
+  const std::vector<std::string> stored_keys = mangle_all(keys);
+  Status s = backend_->erase_multi(stored_keys);
   if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
   throw_if_error(s);
 }
@@ -215,6 +347,11 @@ void Region::erase_multi(std::span<const std::string> keys) {
 void Region::note_undecodable(const std::string& stored_key) {
   counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
   report(LogLevel::kError, stored_key, "payload does not decode, treated as a miss");
+}
+
+void Region::invalidate(bool hard) {
+  if (!options_.invalidation) require_configured();  // the default stamps are the backend's
+  throw_if_error(options_.invalidation->invalidate(hard, options_.clock->now()));
 }
 
 std::optional<Metadata> Region::get_value_metadata(std::string_view key) {
@@ -231,7 +368,8 @@ Status Region::store(const std::string& stored_key, const std::string& envelope)
 }
 
 void Region::erase(std::string_view key) {
-  Status s = backend_->erase(mangle(key));
+  const std::string stored_key = mangle(key);  // before backend_ is touched: it may be unset
+  Status s = backend_->erase(stored_key);
   if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
   throw_if_error(s);
 }

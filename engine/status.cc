@@ -17,6 +17,7 @@ std::string_view status_code_name(StatusCode code) noexcept {
     case StatusCode::kTooLarge: return "too_large";
     case StatusCode::kNotSupported: return "not_supported";
     case StatusCode::kReentrant: return "reentrant";
+    case StatusCode::kNotConfigured: return "not_configured";
   }
   return "unknown";
 }

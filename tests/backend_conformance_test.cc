@@ -419,9 +419,9 @@ TEST_CASE("the backend registry", "[backend][registry]") {
                }),
                Catch::Contains("'pathh'"));
     CHECK_THAT(config_error_of([&] {
-                 dogpile::make_backend("lmdb", {{"path", path}, {"map_size", "12 parsecs"}});
+                 dogpile::make_backend("lmdb", {{"path", path}, {"max_size", "12 parsecs"}});
                }),
-               Catch::Contains("'map_size'"));
+               Catch::Contains("'max_size'"));
     CHECK_THAT(config_error_of([&] {
                  dogpile::make_backend("lmdb", {{"path", path}, {"durability", "fast"}});
                }),
@@ -449,7 +449,7 @@ TEST_CASE("the backend registry", "[backend][registry]") {
 
   SECTION("lmdb arguments with units and names") {
     std::unique_ptr<Backend> b = dogpile::make_backend("lmdb", {{"path", dir.path()},
-                                                                {"map_size", "64MiB"},
+                                                                {"max_size", "64MiB"},
                                                                 {"max_regions", "4"},
                                                                 {"max_readers", "64"},
                                                                 {"durability", "nosync"}});

@@ -35,11 +35,11 @@ using dogpile::StatusCode;
 using dogpile::test::TempDir;
 
 std::unique_ptr<Backend> open(const std::string& path, const std::string& region = "default",
-                              std::uint64_t map_size = std::uint64_t{1} << 30) {
+                              std::uint64_t max_size = std::uint64_t{1} << 30) {
   LmdbOptions options;
   options.path = path;
   options.region = region;
-  options.map_size = map_size;
+  options.max_size = max_size;
   return dogpile::open_lmdb_backend(options);
 }
 
@@ -340,7 +340,7 @@ TEST_CASE("a full map is reported as kFull and absorbed when another process gro
   const std::string big(2 << 20, 'b');
   const Status full = small->set("big", big);
   CHECK(full.code() == StatusCode::kFull);
-  CHECK_THAT(full.to_string(), Catch::Contains("map_size"));
+  CHECK_THAT(full.to_string(), Catch::Contains("max_size"));
   CHECK(get(*small, "k") == "v");  // the failed write left the store as it was
 
   // A child opens its own environment with a bigger map and fills it past

@@ -371,3 +371,38 @@ TEST_CASE("max_concurrent_creations = 2 holds across 8 processes", "[multiproces
   CHECK(lines.size() == 48);
   CHECK(peak == 2);
 }
+
+TEST_CASE("async runner: 16 processes on a stale key, one background creation",
+          "[multiprocess][async]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  {
+    auto past = std::make_shared<dogpile::test::FakeClock>(std::chrono::system_clock::now() - 1h);
+    Region writer({.name = "mp", .clock = past}, "lmdb", {{"path", dir.path()}});
+    writer.set<std::string>("k", "old");
+  }
+  StartGate gate;
+  const auto pids = spawn(16, gate, [&](int) {
+    std::string v;
+    {
+      Region region({.name = "mp",
+                     .expiration_time = 10min,
+                     .async_runner = std::make_shared<AsyncRunner>(1)},
+                    "lmdb", {{"path", dir.path()}});
+      v = region.get_or_create<std::string>("k", [log] {
+        log_line(log, "create");
+        std::this_thread::sleep_for(300ms);
+        return std::string("new");
+      });
+    }  // the region drains its background job before the process exits
+    log_line(log, "value " + v);
+    return 0;
+  });
+  gate.open_gate();
+  REQUIRE(reap(pids) == 0);
+  const auto lines = read_lines(log);
+  CHECK(count_prefix(lines, "create") == 1);
+  CHECK(count_prefix(lines, "value old") == 16);
+  Region region = open_region(dir.path(), 10min);
+  CHECK(region.get<std::string>("k") == "new");
+}

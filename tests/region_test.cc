@@ -344,12 +344,18 @@ TEST_CASE("a waiter becomes the creator when the creator throws", "[region][thre
   std::promise<void> creator_entered;
   std::promise<void> let_fail;
   std::atomic<int> second_calls{0};
+  // Catch2 assertions are not thread-safe: threads record, the test checks.
+  std::atomic<bool> first_threw{false};
   std::thread first([&] {
-    CHECK_THROWS(region.get_or_create<std::string>("k", [&]() -> std::string {
-      creator_entered.set_value();
-      let_fail.get_future().wait();
-      throw std::runtime_error("boom");
-    }));
+    try {
+      region.get_or_create<std::string>("k", [&]() -> std::string {
+        creator_entered.set_value();
+        let_fail.get_future().wait();
+        throw std::runtime_error("boom");
+      });
+    } catch (const std::runtime_error&) {
+      first_threw = true;
+    }
   });
   creator_entered.get_future().wait();
   std::future<std::string> second = std::async(std::launch::async, [&] {
@@ -363,6 +369,7 @@ TEST_CASE("a waiter becomes the creator when the creator throws", "[region][thre
   let_fail.set_value();
   CHECK(second.get() == "second");
   first.join();
+  CHECK(first_threw);
   CHECK(second_calls == 1);
 }
 
@@ -396,12 +403,13 @@ TEST_CASE("a stale value is served at once while another thread regenerates it",
   f.clock->advance(11s);
   std::promise<void> creator_entered;
   std::promise<void> finish;
+  std::string created;  // checked after join: Catch2 assertions are not thread-safe
   std::thread creator([&] {
-    CHECK(region.get_or_create<std::string>("k", [&] {
+    created = region.get_or_create<std::string>("k", [&] {
       creator_entered.set_value();
       finish.get_future().wait();
       return std::string("new");
-    }) == "new");
+    });
   });
   creator_entered.get_future().wait();
   CHECK(region.key_is_locked("k"));
@@ -416,6 +424,7 @@ TEST_CASE("a stale value is served at once while another thread regenerates it",
   CHECK(region.stats().stale_served == 5);
   finish.set_value();
   creator.join();
+  CHECK(created == "new");
   CHECK(region.get<std::string>("k") == "new");
 }
 
@@ -824,4 +833,163 @@ TEST_CASE("max_concurrent_creations bounds creators across threads; nesting neve
            single.get_or_create<std::string>("inner-2", [] { return std::string("b"); });
   });
   CHECK(nested == "ab");
+}
+
+TEST_CASE("a region declared first and configured later; unconfigured use is a typed error",
+          "[region][config]") {
+  Region region({.name = "later"});
+  CHECK_FALSE(region.is_configured());
+  CHECK_THROWS_AS(region.get<std::string>("k"), RegionNotConfigured);
+  CHECK_THROWS_AS(region.get_or_create<std::string>("k", [] { return std::string(); }),
+                  RegionNotConfigured);
+  CHECK_THROWS_AS(region.erase("k"), RegionNotConfigured);
+  CHECK_THROWS_AS(region.backend(), RegionNotConfigured);
+  region.configure("memory");
+  CHECK(region.is_configured());
+  region.set<std::string>("k", "v");
+  CHECK(region.get<std::string>("k") == "v");
+  CHECK_THROWS_AS(region.configure("memory"), ConfigError);
+  CHECK(region.get<std::string>("k") == "v");
+}
+
+TEST_CASE("configure_from_config reads settings and backend arguments under a prefix",
+          "[region][config]") {
+  dogpile::test::TempDir dir;
+  const ConfigMap config{{"cache.backend", "lmdb"},
+                         {"cache.expiration_time", "10m"},
+                         {"cache.lock_timeout", "250ms"},
+                         {"cache.on_lock_timeout", "create_unlocked"},
+                         {"cache.codec", "json"},
+                         {"cache.max_value_size", "2MiB"},
+                         {"cache.wait_for_fresh", "yes"},
+                         {"cache.serve_stale_on_error", "true"},
+                         {"cache.max_concurrent_creations", "3"},
+                         {"cache.arguments.path", dir.path()},
+                         {"cache.arguments.max_size", "2GiB"},
+                         {"other.backend", "memory"}};
+  Region region({.name = "configured"});
+  region.configure_from_config(config, "cache.");
+  const RegionOptions& o = region.options();
+  CHECK(o.expiration_time == Duration(10min));
+  CHECK(o.lock_timeout == Duration(250ms));
+  CHECK(o.on_lock_timeout == LockTimeoutPolicy::kCreateUnlocked);
+  CHECK(o.codec == CodecId::kJson);
+  CHECK(o.max_value_size == 2u << 20);
+  CHECK(o.wait_for_fresh);
+  CHECK(o.serve_stale_on_error);
+  CHECK(o.max_concurrent_creations == 3);
+  CHECK(region.backend().name() == "lmdb");
+  region.set<std::string>("k", "v");
+  CHECK(region.get_value_metadata("k")->codec == CodecId::kJson);
+
+  Region never({.name = "n", .expiration_time = 1s});
+  never.configure_from_config({{"c.backend", "memory"}, {"c.expiration_time", "none"}}, "c.");
+  CHECK_FALSE(never.options().expiration_time.has_value());
+}
+
+TEST_CASE("configure_from_config names every bad key", "[region][config]") {
+  const auto message_of = [](const ConfigMap& config) {
+    Region region({.name = "bad"});
+    try {
+      region.configure_from_config(config, "cache.");
+    } catch (const ConfigError& e) {
+      CHECK_FALSE(region.is_configured());
+      return std::string(e.what());
+    }
+    FAIL("no ConfigError");
+    return std::string();
+  };
+  using Catch::Contains;
+  CHECK_THAT(message_of({{"cache.expiration_time", "10m"}}), Contains("cache.backend"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.expiration_tim", "10m"}}),
+             Contains("'expiration_tim'"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.expiration_time", "10 parsecs"}}),
+             Contains("'expiration_time'"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.max_value_size", "lots"}}),
+             Contains("'max_value_size'"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.wait_for_fresh", "maybe"}}),
+             Contains("'wait_for_fresh'"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.codec", "xml"}}),
+             Contains("'codec'"));
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.on_lock_timeout", "panic"}}),
+             Contains("'on_lock_timeout'"));
+  CHECK_THAT(message_of({{"cache.backend", "nosuch"}}), Contains("nosuch"));
+  CHECK_THAT(message_of({{"cache.backend", "lmdb"}, {"cache.arguments.max_size", "2 parsecs"}}),
+             Contains("max_size"));
+  CHECK_THAT(message_of({{"cache.backend", "lmdb"}, {"cache.arguments.colour", "blue"}}),
+             Contains("colour"));
+}
+
+TEST_CASE("async runner: stale served at once, one background creation, lock held until stored",
+          "[region][async][threads]") {
+  Fixture f;
+  auto runner = std::make_shared<AsyncRunner>(2);
+  RegionOptions o = f.options(10s);
+  o.async_runner = runner;
+  Region region(o, f.backend);
+  region.set<std::string>("k", "old");
+  f.clock->advance(11s);
+
+  auto release = std::make_shared<std::promise<void>>();
+  std::shared_future<void> released = release->get_future().share();
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  auto creator = [calls, released] {
+    ++*calls;
+    released.wait();
+    return std::string("new");
+  };
+  CHECK(region.get_or_create<std::string>("k", creator) == "old");
+  // The runner holds the lock now; this same thread asking again is served
+  // stale, not told it is reentrant.
+  for (int i = 0; i < 5; ++i) CHECK(region.get_or_create<std::string>("k", creator) == "old");
+  CHECK(region.key_is_locked("k"));
+  release->set_value();
+  runner->drain();
+  CHECK(*calls == 1);
+  CHECK_FALSE(region.key_is_locked("k"));
+  CHECK(region.get<std::string>("k") == "new");
+  CHECK(region.stats().stale_served == 6);
+}
+
+TEST_CASE("async runner: a failing background creator is counted and logged",
+          "[region][async]") {
+  Fixture f;
+  auto runner = std::make_shared<AsyncRunner>(1);
+  RegionOptions o = f.options(10s);
+  o.async_runner = runner;
+  Region region(o, f.backend);
+  region.set<std::string>("k", "old");
+  f.clock->advance(11s);
+  CHECK(region.get_or_create<std::string>(
+            "k", []() -> std::string { throw std::runtime_error("regeneration broke"); }) == "old");
+  runner->drain();
+  CHECK(region.stats().creation_failures == 1);
+  REQUIRE(f.logs.size() == 1);
+  CHECK(f.logs[0].find("regeneration broke") != std::string::npos);
+  CHECK_FALSE(region.key_is_locked("k"));
+  // The next caller tries again.
+  CHECK(region.get_or_create<std::string>("k", [] { return std::string("fixed"); }) == "old");
+  runner->drain();
+  CHECK(region.get<std::string>("k") == "fixed");
+}
+
+TEST_CASE("async runner: a region waits for its pending jobs when destroyed", "[region][async]") {
+  Fixture f;
+  auto runner = std::make_shared<AsyncRunner>(1);
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  {
+    RegionOptions o = f.options(10s);
+    o.async_runner = runner;
+    Region region(o, f.backend);
+    region.set<std::string>("k", "old");
+    f.clock->advance(11s);
+    region.get_or_create<std::string>("k", [done] {
+      std::this_thread::sleep_for(50ms);
+      *done = true;
+      return std::string("new");
+    });
+  }
+  CHECK(*done);
+  Region reader(f.options(10s), f.backend);
+  CHECK(reader.get<std::string>("k") == "new");
 }

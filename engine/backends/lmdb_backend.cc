@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/lmdb_env.h"
+#include "backends/stamp_file.h"
 #include "dogpile/cache_dir.h"
 #include "dogpile/envelope.h"
 #include "dogpile/error.h"
@@ -72,7 +73,7 @@ Status check_options(const LmdbOptions& options) {
     return Status::error(StatusCode::kInvalidArgument,
                          "lmdb backend option '" + std::string(option) + "': " + why);
   };
-  if (options.map_size == 0) return bad("map_size", "must be above 0");
+  if (options.max_size == 0) return bad("max_size", "must be above 0");
   if (options.max_regions == 0 || options.max_regions > LmdbEnv::kMaxRegionsLimit) {
     return bad("max_regions", "must be between 1 and " + std::to_string(LmdbEnv::kMaxRegionsLimit) +
                                   ", got " + std::to_string(options.max_regions));
@@ -115,6 +116,13 @@ class LmdbBackend final : public Backend {
     std::unique_ptr<LmdbBackend> backend(new LmdbBackend(std::move(options)));
     const Binding* binding = nullptr;
     if (Status s = backend->rebind(binding); !s) return s;
+    // Opened once: the mapping stays valid and shared in fork()ed children.
+    if (Status s = open_stamp_invalidation(backend->options_.path, backend->options_.region,
+                                           backend->options_.durability != Durability::kNoSync,
+                                           backend->invalidation_);
+        !s) {
+      return s;
+    }
     out = std::move(backend);
     return Status::ok();
   }
@@ -217,6 +225,9 @@ class LmdbBackend final : public Backend {
 
   std::string_view name() const noexcept override { return "lmdb"; }
 
+  // The region's slot of the directory's stamps file (stamp_file.h).
+  std::shared_ptr<InvalidationStrategy> invalidation_strategy() override { return invalidation_; }
+
  private:
   // An environment of one fork generation and the region's handle in it.
   struct Binding {
@@ -247,7 +258,7 @@ class LmdbBackend final : public Backend {
       return Status::ok();
     }
     auto fresh = std::make_unique<Binding>();
-    const LmdbEnvOptions env_options{options_.map_size, options_.max_regions, options_.max_readers,
+    const LmdbEnvOptions env_options{options_.max_size, options_.max_regions, options_.max_readers,
                                      options_.durability};
     if (Status s = LmdbEnv::acquire(options_.path, env_options, fresh->env); !s) return s;
     if (Status s = fresh->env->open_region(options_.region, fresh->dbi); !s) return s;
@@ -280,6 +291,7 @@ class LmdbBackend final : public Backend {
   std::mutex rebind_mutex_;
   std::vector<std::unique_ptr<Binding>> bindings_;  // guarded by rebind_mutex_
   std::atomic<const Binding*> current_{nullptr};
+  std::shared_ptr<InvalidationStrategy> invalidation_;  // set by open()
 };
 
 Status parse_durability(std::string_view text, Durability& out) {
@@ -323,7 +335,7 @@ Status make_lmdb_backend(std::string_view region, const ConfigMap& arguments,
   ConfigReader reader(arguments, "lmdb backend");
   if (auto path = reader.string("path")) options.path = std::move(*path);
   if (auto name = reader.string("region")) options.region = std::move(*name);
-  if (auto size = reader.size("map_size")) options.map_size = *size;
+  if (auto size = reader.size("max_size")) options.max_size = *size;
   Status first = take_u32(reader, "max_regions", options.max_regions);
   Status readers = take_u32(reader, "max_readers", options.max_readers);
   Status durability;

@@ -59,7 +59,7 @@ Status lmdb_status(int rc, std::string_view what, const std::string& path) {
   const std::string message = std::string(what) + ": " + mdb_strerror(rc);
   switch (rc) {
     case MDB_MAP_FULL:
-      return Status::error(StatusCode::kFull, message + " (the lmdb option map_size limits it)",
+      return Status::error(StatusCode::kFull, message + " (the lmdb option max_size limits it)",
                            path);
     case MDB_CORRUPTED:
     case MDB_PAGE_NOTFOUND:

@@ -22,6 +22,7 @@
 
 #include "dogpile/config.h"
 #include "dogpile/creation_mutex.h"
+#include "dogpile/invalidation.h"
 #include "dogpile/status.h"
 
 namespace dogpile {
@@ -52,6 +53,15 @@ class Backend {
 
   // The registry name ("memory", "null", "lmdb").
   virtual std::string_view name() const noexcept = 0;
+
+  // Where Region::invalidate records its stamps and every read checks them,
+  // unless RegionOptions::invalidation says otherwise. The default keeps them
+  // in this object (this process only); lmdb keeps them in the cache
+  // directory. A backend wrapping another should return the inner one's.
+  virtual std::shared_ptr<InvalidationStrategy> invalidation_strategy();
+
+ private:
+  std::shared_ptr<InvalidationStrategy> local_invalidation_ = make_local_invalidation();
 };
 
 // Builds a backend for the region named `region` from its arguments; reports

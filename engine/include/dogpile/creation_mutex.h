@@ -29,8 +29,16 @@ class CreationMutex {
   // Waits at most `timeout` (forever when nullopt). OK: now held.
   // kTimedOut: the wait ran out. kReentrant and errors as try_lock.
   virtual Status lock(Timeout timeout) = 0;
-  // Releases a held lock; does nothing when not held.
+  // Releases a held lock; does nothing when not held. May be called from a
+  // thread other than the one that took the lock.
   virtual void unlock() noexcept = 0;
+  // Hand-over of a held lock to another thread (the async runner): the taker
+  // calls hand_over() before passing the object on, after which the lock
+  // still excludes everyone but belongs to no thread (the taker asking for
+  // the key again is busy, not reentrant); the receiving thread then calls
+  // adopt() to become its holder. Both do nothing when the lock is not held.
+  virtual void hand_over() noexcept {}
+  virtual void adopt() noexcept {}
   // Whether anyone (any thread, any process) holds the lock right now.
   // A snapshot: it may change the moment it is returned.
   virtual bool is_locked_anywhere() = 0;

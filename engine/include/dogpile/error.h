@@ -48,6 +48,12 @@ class ReentrantCreation : public Error {
   using Error::Error;
 };
 
+// A region declared without a backend was used before configure().
+class RegionNotConfigured : public Error {
+ public:
+  using Error::Error;
+};
+
 // The store has no room for a write.
 class CacheFull : public Error {
  public:

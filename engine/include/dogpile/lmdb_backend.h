@@ -9,8 +9,11 @@
 // envelope. Creation
 // locks are Linux OFD byte-range locks on creation.lock: they exclude threads
 // and processes alike, and the kernel drops them when a holder dies.
+// Invalidation stamps (Region::invalidate) live in region-stamps, mapped by
+// every process, so an invalidation is seen at the next read and survives
+// restarts (docs/format.md).
 //
-// Registry name "lmdb"; arguments: path, region, map_size, max_regions,
+// Registry name "lmdb"; arguments: path, region, max_size, max_regions,
 // max_readers, durability.
 //
 // Thread safety: a backend may be used by any number of threads at once.
@@ -37,9 +40,9 @@ struct LmdbOptions {
   // Sub-database holding this backend's entries.
   // Default: "default".
   std::string region = "default";
-  // Size of the memory map, the most the store may hold.
+  // The most the store may hold (the size of its memory map).
   // Default: 1 GiB.
-  std::uint64_t map_size = std::uint64_t{1} << 30;
+  std::uint64_t max_size = std::uint64_t{1} << 30;
   // Most named sub-databases (regions) the environment can hold; fixed by the
   // first opener of a directory in each process.
   // Default: 128.

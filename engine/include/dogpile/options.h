@@ -17,6 +17,7 @@
 #include "dogpile/clock.h"
 #include "dogpile/config.h"
 #include "dogpile/envelope.h"
+#include "dogpile/invalidation.h"
 
 namespace dogpile {
 
@@ -26,6 +27,8 @@ enum class LockTimeoutPolicy {
   kRaise,          // throw LockTimeout
   kCreateUnlocked, // call the creator without the lock
 };
+
+class AsyncRunner;
 
 enum class LogLevel { kWarning, kError };
 using Logger = std::function<void(LogLevel level, std::string_view message)>;
@@ -55,6 +58,13 @@ struct RegionOptions {
   // nested inside a creator runs within its outer creation's share.
   // Default: 0.
   std::uint32_t max_concurrent_creations = 0;
+  // Regenerates stale values in the background: get_or_create returns the
+  // stale value at once and a runner thread creates the new one under the
+  // lock. The creator is copied into the job and runs after the call has
+  // returned, so it must not refer to the caller's locals. Missing values
+  // and get_or_create_multi are still created by the caller.
+  // Default: none (the caller regenerates).
+  std::shared_ptr<AsyncRunner> async_runner;
   // Payload encoding for values this region writes; any codec is read.
   // Default: CodecId::kBinary (cereal binary).
   CodecId codec = CodecId::kBinary;
@@ -72,6 +82,9 @@ struct RegionOptions {
   // Wall clock for created_at and expiry.
   // Default: system_clock().
   std::shared_ptr<Clock> clock;
+  // Keeps the stamps of Region::invalidate and judges entries by them.
+  // Default: the backend's stored stamps (Backend::invalidation_strategy).
+  std::shared_ptr<InvalidationStrategy> invalidation;
   // Receives corruption and store-error reports, at most once per key per
   // minute.
   // Default: writes to stderr.
@@ -83,7 +96,8 @@ struct GetOptions {
   // Replaces the region's expiration_time for this call; nullopt keeps the region's.
   // Default: nullopt.
   std::optional<Duration> expiration_time;
-  // Treat any stored entry as fresh (dogpile.cache's expiration_time=-1).
+  // Treat any stored entry as fresh (dogpile.cache's expiration_time=-1),
+  // except a hard-invalidated one, which stays missing.
   // Default: false.
   bool ignore_expiration = false;
 };

@@ -21,9 +21,11 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -32,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "dogpile/async_runner.h"
 #include "dogpile/backend.h"
 #include "dogpile/cached_value.h"
 #include "dogpile/codec.h"
@@ -71,7 +74,32 @@ class Region {
   // A region over a backend from the registry, e.g. ("lmdb", {{"path", dir}});
   // the backend's region (sub-database) is options.name.
   Region(RegionOptions options, std::string_view backend_name, const ConfigMap& arguments = {});
+  // A region declared now and given its backend later (dogpile.cache's
+  // make_region() then configure()). Any use before that throws
+  // RegionNotConfigured. Configure before sharing the region between threads.
+  explicit Region(RegionOptions options);
   ~Region();
+
+  // Gives a declared region its backend; a second call throws ConfigError.
+  void configure(std::shared_ptr<Backend> backend);
+  void configure(std::string_view backend_name, const ConfigMap& arguments = {});
+  // dogpile.cache's configure_from_config: reads the region's settings and
+  // backend from `config` under `prefix`, e.g. with prefix "cache.":
+  //   cache.backend                  registry name (required)
+  //   cache.expiration_time          duration ("10m", "30s") or "none"
+  //   cache.lock_timeout             duration or "none"
+  //   cache.on_lock_timeout          "raise" | "create_unlocked"
+  //   cache.codec                    "binary" | "portable_binary" | "json" | "raw"
+  //   cache.max_value_size           size ("64MiB")
+  //   cache.future_tolerance         duration
+  //   cache.wait_for_fresh           boolean
+  //   cache.serve_stale_on_error     boolean
+  //   cache.max_concurrent_creations integer
+  //   cache.arguments.<name>         the backend's arguments
+  // Any other key under the prefix, a bad value or an unknown backend
+  // argument throws ConfigError naming the key.
+  void configure_from_config(const ConfigMap& config, std::string_view prefix);
+  bool is_configured() const noexcept { return backend_ != nullptr; }
 
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
@@ -84,8 +112,9 @@ class Region {
   template <RegisteredType T>
   std::optional<CachedValue<T>> get_value(std::string_view key, const GetOptions& call = {});
 
-  // Metadata of whatever valid entry is stored at `key`, fresh or stale, of
-  // any type; nullopt when there is none. Reads only the envelope header.
+  // Metadata of whatever valid entry is stored at `key`, fresh or stale
+  // (expired or soft-invalidated), of any type; nullopt when there is none or
+  // it is hard-invalidated. Reads only the envelope header.
   std::optional<Metadata> get_value_metadata(std::string_view key);
 
   // Stores `value` at `key` with created_at = now. Throws CacheFull,
@@ -95,6 +124,15 @@ class Region {
 
   // Removes `key`; removing an absent key does nothing. Throws on backend errors.
   void erase(std::string_view key);
+
+  // dogpile.cache's invalidate(hard=True): every entry created before now
+  // (the region's clock) becomes missing (hard) or stale (soft: get_or_create
+  // regenerates it once while other callers are served the old value; no
+  // expiration_time is needed). Recorded by options().invalidation, by default
+  // the backend's stamps: for lmdb, every process sharing the directory sees
+  // it at its next read, and it survives restarts. Throws when the stamps
+  // cannot be stored.
+  void invalidate(bool hard = true);
 
   // Returns the fresh value at `key`, or runs `creator` (a callable returning
   // something convertible to T) under the key's creation lock, stores and
@@ -131,7 +169,8 @@ class Region {
 
   RegionStats stats() const noexcept;
   const RegionOptions& options() const noexcept { return options_; }
-  Backend& backend() noexcept { return *backend_; }
+  // The backend; throws RegionNotConfigured before configure().
+  Backend& backend();
 
  private:
   enum class State { kFresh, kStale, kMissing };
@@ -150,6 +189,8 @@ class Region {
   };
 
   std::string mangle(std::string_view key) const;
+  void require_configured() const;
+  void require_unconfigured() const;
   // Reads `stored_key` into `entry`: decodes and checks the envelope and
   // decides freshness for a value of type tag/schema (any type when tag == 0).
   void read_entry(const std::string& stored_key, std::uint64_t tag, std::uint32_t schema,
@@ -198,6 +239,14 @@ class Region {
   State lookup(const std::string& stored_key, const GetOptions& call, std::optional<T>& value,
                Metadata* meta = nullptr);
   // Runs the creator and stores its result; the caller holds the lock (or chose not to).
+  // Hands a won creation lock and a copy of the creator to the async runner,
+  // which re-reads, creates, stores and then releases the lock.
+  template <class T, class Creator>
+  void regenerate_async(const std::string& stored_key, Creator&& creator,
+                        const CreateOptions<T>& options, std::unique_ptr<CreationMutex> mutex);
+  void job_started();
+  void job_finished() noexcept;
+
   // Runs the creator (within a creation slot) and stores its result; the
   // caller holds the key's lock (or chose not to). `stale` is served instead
   // of a creator exception when serve_stale_on_error is set.
@@ -210,6 +259,9 @@ class Region {
   std::unique_ptr<internal::KeyedMutexTable> local_locks_;  // when the backend has no mutex
   std::unique_ptr<internal::LogLimiter> log_limiter_;
   Counters counters_;
+  std::mutex jobs_mu_;
+  std::condition_variable jobs_done_;
+  std::size_t pending_jobs_ = 0;  // guarded by jobs_mu_; the destructor waits for 0
 };
 
 // ---- implementation ----
@@ -357,6 +409,11 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
   if (state == State::kStale) {
     stale = std::move(value);
     locked = options_.wait_for_fresh ? wait_for_lock(*mutex) : mutex->try_lock();
+    if (locked.is_ok() && options_.async_runner && !options_.wait_for_fresh) {
+      regenerate_async<T>(stored_key, std::forward<Creator>(creator), options, std::move(mutex));
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return std::move(*stale);
+    }
     if (!locked.is_ok() && locked.code() != StatusCode::kReentrant) {
       // Someone else is regenerating it, we waited long enough, or the lock
       // failed: a stale value beats none.
@@ -550,6 +607,45 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
   out.reserve(values.size());
   for (auto& v : values) out.push_back(std::move(*v));
   return out;
+}
+
+
+template <class T, class Creator>
+void Region::regenerate_async(const std::string& stored_key, Creator&& creator,
+                              const CreateOptions<T>& options,
+                              std::unique_ptr<CreationMutex> mutex) {
+  struct Job {
+    std::string stored_key;
+    std::decay_t<Creator> creator;
+    CreateOptions<T> options;
+    std::unique_ptr<CreationMutex> mutex;
+  };
+  mutex->hand_over();  // from here on this thread asking again is busy, not reentrant
+  auto job = std::make_shared<Job>(
+      Job{stored_key, std::forward<Creator>(creator), options, std::move(mutex)});
+  job_started();
+  try {
+    options_.async_runner->submit([this, job] {
+      job->mutex->adopt();
+      try {
+        // Re-read under the lock (rule 1): a fresh value may have landed.
+        std::optional<T> again;
+        if (lookup<T>(job->stored_key, job->options.read_options(), again) != State::kFresh) {
+          create_and_store<T>(job->stored_key, job->creator, job->options, std::nullopt);
+        }
+      } catch (const std::exception& e) {
+        report(LogLevel::kError, job->stored_key,
+               std::string("background regeneration failed: ") + e.what());
+      } catch (...) {
+        report(LogLevel::kError, job->stored_key, "background regeneration failed");
+      }
+      job->mutex->unlock();
+      job_finished();
+    });
+  } catch (...) {
+    job_finished();
+    throw;
+  }
 }
 
 }  // namespace dogpile

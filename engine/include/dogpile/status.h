@@ -27,6 +27,7 @@ enum class StatusCode {
   kTooLarge,         // a value or key exceeds a configured limit
   kNotSupported,     // the backend cannot do this
   kReentrant,        // a creator asked for its own key's creation lock
+  kNotConfigured,    // a region was used before it was given a backend
 };
 
 // Short stable name of a code, e.g. "corruption".
