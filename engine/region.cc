@@ -292,14 +292,16 @@ void Region::classify(const std::string& stored_key, std::optional<std::string> 
   const bool from_future =
       meta.created_at_ns - now > std::chrono::nanoseconds(options_.future_tolerance).count();
   // A per-call expiration is the caller's explicit word and wins; else an
-  // entry's own TTL; else the region's expiration.
+  // entry's own TTL; else the region's expiration (callable or fixed).
   bool expired = false;
   if (call.expiration_time) {
     expired = now - meta.created_at_ns >= call.expiration_time->count();
   } else if (meta.expires_at_ns) {
     expired = now >= *meta.expires_at_ns;
-  } else if (options_.expiration_time) {
-    expired = now - meta.created_at_ns >= options_.expiration_time->count();
+  } else if (const std::optional<Duration> region_expiration = options_.expiration_time_fn
+                                                                   ? options_.expiration_time_fn()
+                                                                   : options_.expiration_time) {
+    expired = now - meta.created_at_ns >= region_expiration->count();
   }
   const bool stale = from_future || expired || stamps.is_soft_invalidated(created_at);
   entry.state = stale ? State::kStale : State::kFresh;

@@ -406,3 +406,35 @@ TEST_CASE("async runner: 16 processes on a stale key, one background creation",
   Region region = open_region(dir.path(), 10min);
   CHECK(region.get<std::string>("k") == "new");
 }
+
+TEST_CASE("key_is_locked sees another process's creation lock through the key mangler",
+          "[multiprocess]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  const auto mangler = [](std::string_view k) { return "m:" + std::string(k); };
+  StartGate gate;
+  const auto holder = spawn(1, gate, [&](int) {
+    Region region({.name = "mp", .key_mangler = mangler}, "lmdb", {{"path", dir.path()}});
+    region.get_or_create<std::string>("k", [&] {
+      log_line(log, "holding");
+      std::this_thread::sleep_for(60s);
+      return std::string("never");
+    });
+    return 0;
+  });
+  gate.open_gate();
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (count_prefix(read_lines(log), "holding") == 0) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(5ms);
+  }
+  Region mangled({.name = "mp", .key_mangler = mangler}, "lmdb", {{"path", dir.path()}});
+  Region plain({.name = "mp"}, "lmdb", {{"path", dir.path()}});
+  CHECK(mangled.key_is_locked("k"));
+  CHECK(plain.key_is_locked("m:k"));  // the same stored key
+  CHECK_FALSE(plain.key_is_locked("k"));
+  CHECK_FALSE(mangled.key_is_locked("other"));
+  ::kill(holder[0], SIGKILL);
+  reap(holder);
+  CHECK_FALSE(mangled.key_is_locked("k"));  // the kernel dropped the dead holder's lock
+}

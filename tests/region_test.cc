@@ -993,3 +993,29 @@ TEST_CASE("async runner: a region waits for its pending jobs when destroyed", "[
   Region reader(f.options(10s), f.backend);
   CHECK(reader.get<std::string>("k") == "new");
 }
+
+TEST_CASE("a callable expiration is asked on every read", "[region][expiration]") {
+  Fixture f;
+  std::atomic<int> asked{0};
+  std::optional<Duration> current = 10s;
+  RegionOptions o = f.options(1h);  // replaced by the callable
+  o.expiration_time_fn = [&]() -> std::optional<Duration> {
+    ++asked;
+    return current;
+  };
+  Region region(o, f.backend);
+  region.set<std::string>("k", "v");
+  f.clock->advance(11s);
+  CHECK_FALSE(region.get<std::string>("k"));
+  current = 1min;
+  CHECK(region.get<std::string>("k") == "v");
+  current = std::nullopt;  // never expires
+  f.clock->advance(24h);
+  CHECK(region.get<std::string>("k") == "v");
+  CHECK(asked == 3);
+  // A per-call expiration still wins, and an entry's own ttl too.
+  CHECK_FALSE(region.get<std::string>("k", {.expiration_time = 1s}));
+  region.set<std::string>("t", "ttl", {.ttl = 5s});
+  f.clock->advance(6s);
+  CHECK_FALSE(region.get<std::string>("t"));
+}

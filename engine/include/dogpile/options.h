@@ -40,6 +40,11 @@ struct RegionOptions {
   // Age after which an entry is stale; nullopt means entries never expire.
   // Default: nullopt.
   std::optional<Duration> expiration_time;
+  // A callable expiration (dogpile.cache accepts a callable expiration_time):
+  // asked on every read and used instead of expiration_time; nullopt from it
+  // means entries never expire.
+  // Default: none (expiration_time applies).
+  std::function<std::optional<Duration>()> expiration_time_fn;
   // Longest wait for another caller's creation lock; nullopt waits forever.
   // Default: nullopt.
   std::optional<Duration> lock_timeout;
