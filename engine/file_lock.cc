@@ -1,4 +1,5 @@
 #include "file_lock.h"
+#include "unique_fd.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -33,24 +34,6 @@ constexpr std::chrono::steady_clock::duration kMaxBackoff = std::chrono::millise
 // the atfork handler, and their numbers may since belong to other files.
 std::atomic<std::uint64_t> g_fork_generation{0};
 
-// A descriptor owned only while the master is being opened.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&&) = delete;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-
-  int get() const noexcept { return fd_; }
-  int release() noexcept { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
 
 // One open file description of a lock file, used to hold at most one lock.
 // While open its number is in the process registry, so a forked child closes

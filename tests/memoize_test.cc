@@ -30,12 +30,15 @@
 #include <vector>
 
 #include "dogpile/dogpile.h"
+#include "process_util.h"
 #include "test_util.h"
 
 using namespace dogpile;
 using namespace std::chrono_literals;
 using dogpile::test::FakeClock;
 using dogpile::test::TempDir;
+using dogpile::test::log_line;
+using dogpile::test::read_lines;
 
 namespace {
 
@@ -887,21 +890,6 @@ TEST_CASE("threads: concurrent calls with the same arguments compute once", "[me
 }
 
 namespace {
-
-void log_line(const std::string& path, const std::string& line) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) _exit(90);
-  const std::string text = line + "\n";
-  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(91);
-  ::close(fd);
-}
-
-std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
 
 // Forks `n` children that block on a pipe until release(), run body(i) and
 // exit with its result (99 on an exception).

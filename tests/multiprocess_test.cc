@@ -17,97 +17,15 @@
 #include <vector>
 
 #include "dogpile/dogpile.h"
+#include "process_util.h"
 #include "test_util.h"
 
 using namespace dogpile;
 using namespace std::chrono_literals;
 using dogpile::test::TempDir;
+using namespace dogpile::test;
 
 namespace {
-
-// Appends one line to the log; O_APPEND makes each short write atomic, so
-// lines from concurrent processes never interleave.
-void log_line(const std::string& path, const std::string& line) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) _exit(90);
-  const std::string text = line + "\n";
-  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) _exit(91);
-  ::close(fd);
-}
-
-std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(line);
-  return lines;
-}
-
-int count_prefix(const std::vector<std::string>& lines, const std::string& prefix) {
-  int n = 0;
-  for (const auto& l : lines) n += l.rfind(prefix, 0) == 0;
-  return n;
-}
-
-// Children are released together: each blocks reading a pipe until the parent
-// closes its write end.
-class StartGate {
- public:
-  StartGate() {
-    if (::pipe2(fds_, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
-  }
-  ~StartGate() {
-    for (int fd : fds_)
-      if (fd >= 0) ::close(fd);
-  }
-  void wait_in_child() {
-    ::close(fds_[1]);
-    char c;
-    while (::read(fds_[0], &c, 1) < 0 && errno == EINTR) {
-    }
-  }
-  void open_gate() {
-    ::close(fds_[1]);
-    fds_[1] = -1;
-  }
-
- private:
-  int fds_[2];
-};
-
-// Forks `n` children running `body(i)`; the child's exit status is its return
-// value (an exception is status 99).
-std::vector<pid_t> spawn(int n, StartGate& gate, const std::function<int(int)>& body) {
-  std::vector<pid_t> pids;
-  for (int i = 0; i < n; ++i) {
-    const pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error("fork failed");
-    if (pid == 0) {
-      int rc = 99;
-      try {
-        gate.wait_in_child();
-        rc = body(i);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "child %d: %s\n", i, e.what());
-      }
-      _exit(rc);
-    }
-    pids.push_back(pid);
-  }
-  return pids;
-}
-
-// Waits for every pid; returns the number that did not exit with status 0.
-int reap(const std::vector<pid_t>& pids, std::map<pid_t, int>* statuses = nullptr) {
-  int failed = 0;
-  for (pid_t pid : pids) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    if (statuses != nullptr) (*statuses)[pid] = status;
-    failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-  }
-  return failed;
-}
 
 Region open_region(const std::string& dir, std::optional<Duration> expiration = std::nullopt) {
   return Region({.name = "mp", .expiration_time = expiration}, "lmdb", {{"path", dir}});
@@ -204,11 +122,7 @@ TEST_CASE("the lock holder killed mid-creation: another process takes over", "[m
     return 0;
   });
   first_gate.open_gate();
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (count_prefix(read_lines(log), "start victim") == 0) {
-    REQUIRE(std::chrono::steady_clock::now() < deadline);
-    std::this_thread::sleep_for(5ms);
-  }
+  REQUIRE(wait_for_line(log, "start victim"));
   StartGate gate;
   const auto waiters = spawn(6, gate, [&](int) {
     Region region = open_region(dir.path());
@@ -423,11 +337,7 @@ TEST_CASE("key_is_locked sees another process's creation lock through the key ma
     return 0;
   });
   gate.open_gate();
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (count_prefix(read_lines(log), "holding") == 0) {
-    REQUIRE(std::chrono::steady_clock::now() < deadline);
-    std::this_thread::sleep_for(5ms);
-  }
+  REQUIRE(wait_for_line(log, "holding"));
   Region mangled({.name = "mp", .key_mangler = mangler}, "lmdb", {{"path", dir.path()}});
   Region plain({.name = "mp"}, "lmdb", {{"path", dir.path()}});
   CHECK(mangled.key_is_locked("k"));

@@ -1,4 +1,5 @@
 #include "backends/stamp_file.h"
+#include "unique_fd.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -38,23 +39,6 @@ static_assert(StampFile::kHeaderSize % 8 == 0 && StampFile::kSlotSize % 8 == 0);
 static_assert(StampFile::kHeaderSize + StampFile::kSlotCount * StampFile::kSlotSize <=
               StampFile::kFileSize);
 
-// A descriptor owned while the file is being opened.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&&) = delete;
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-
-  int get() const noexcept { return fd_; }
-
- private:
-  int fd_;
-};
 
 // An OFD write lock on byte 0, held while the file is checked or initialised.
 // Released explicitly, not by close: a child fork()ed meanwhile shares the
