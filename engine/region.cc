@@ -381,6 +381,27 @@ std::unique_ptr<CreationMutex> Region::creation_mutex(const std::string& stored_
   return mutex ? std::move(mutex) : local_locks_->mutex(stored_key);
 }
 
+Status Region::encode_failure(const std::string& stored_key, const char* what) const {
+  return Status::error(StatusCode::kInvalidArgument,
+                       "region '" + options_.name + "' key '" + stored_key.substr(0, 64) +
+                           "': the value cannot be encoded with codec " +
+                           std::string(codec_name(options_.codec)) + ": " + what);
+}
+
+Status Region::check_encoded_size(const std::string& stored_key,
+                                  const std::string& envelope) const {
+  const std::size_t key_bytes = stored_key.size() > kMaxInlineKeySize ? stored_key.size() : 0;
+  const std::size_t payload =
+      envelope.size() - kEnvelopeHeaderSize - kEnvelopeTrailerSize - key_bytes;
+  if (payload <= options_.max_value_size) return Status::ok();
+  // Stored, it would read back as corrupt and be recreated forever.
+  return Status::error(StatusCode::kTooLarge,
+                       "region '" + options_.name + "' key '" + stored_key.substr(0, 64) +
+                           "': the encoded value is " + std::to_string(payload) +
+                           " bytes, over max_value_size " +
+                           std::to_string(options_.max_value_size));
+}
+
 Status Region::wait_for_lock(CreationMutex& mutex) {
   const auto started = std::chrono::steady_clock::now();
   Status s = mutex.lock(options_.lock_timeout);

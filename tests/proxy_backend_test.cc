@@ -770,8 +770,8 @@ TEST_CASE("MemoryTier drops its copy when the key's creation lock is tried", "[m
   CHECK(get(tier, "k") == "v3");
 
   // Over a backend without creation locks there is nothing to wrap.
-  MemoryTier over_memory(make_memory_backend());
-  CHECK(over_memory.get_mutex("k") == nullptr);
+  MemoryTier over_null(make_null_backend());
+  CHECK(over_null.get_mutex("k") == nullptr);
 }
 
 TEST_CASE("MemoryTier: a read-through that overlaps a write does not copy what it read",

@@ -1019,3 +1019,96 @@ TEST_CASE("a callable expiration is asked on every read", "[region][expiration]"
   f.clock->advance(6s);
   CHECK_FALSE(region.get<std::string>("t"));
 }
+
+TEST_CASE("two Region objects over one memory backend share its creation locks",
+          "[region][threads]") {
+  Fixture f;
+  Region a(f.options(), f.backend);
+  Region b(f.options(), f.backend);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread holder([&] {
+    a.get_or_create<std::string>("k", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("from a");
+    });
+  });
+  entered.get_future().wait();
+  CHECK(b.key_is_locked("k"));
+  int b_calls = 0;
+  auto waiter = std::async(std::launch::async, [&] {
+    return b.get_or_create<std::string>("k", [&] {
+      ++b_calls;
+      return std::string("from b");
+    });
+  });
+  CHECK(waiter.wait_for(100ms) == std::future_status::timeout);
+  finish.set_value();
+  holder.join();
+  CHECK(waiter.get() == "from a");
+  CHECK(b_calls == 0);
+}
+
+TEST_CASE("values over max_value_size or that cannot be encoded are refused, never stored",
+          "[region]") {
+  Fixture f;
+  RegionOptions o = f.options();
+  o.max_value_size = 100;
+  Region region(o, f.backend);
+  const std::string big(200, 'x');
+  try {
+    region.set<std::string>("big", big);
+    FAIL("no exception");
+  } catch (const Error& e) {
+    CHECK(e.code() == StatusCode::kTooLarge);
+    CHECK_THAT(std::string(e.what()), Catch::Contains("max_value_size"));
+  }
+  std::optional<std::string> raw;
+  REQUIRE(f.backend->get("big", raw));
+  CHECK_FALSE(raw);
+  // get_or_create still returns the value; it is logged, not stored.
+  CHECK(region.get_or_create<std::string>("big", [&] { return big; }) == big);
+  CHECK(region.stats().store_errors == 1);
+  REQUIRE(f.backend->get("big", raw));
+  CHECK_FALSE(raw);
+  const std::vector<std::pair<std::string, std::string>> items{{"ok", "small"}, {"big", big}};
+  CHECK_THROWS_AS(region.set_multi<std::string>(items), Error);
+
+  RegionOptions raw_codec = f.options();
+  raw_codec.codec = CodecId::kRaw;
+  Region raw_region(raw_codec, f.backend);
+  try {
+    raw_region.set<std::int64_t>("n", 5);  // raw carries bytes only
+    FAIL("no exception");
+  } catch (const Error& e) {
+    CHECK(e.code() == StatusCode::kInvalidArgument);
+    CHECK_THAT(std::string(e.what()), Catch::Contains("raw"));
+  }
+}
+
+TEST_CASE("a full creation throttle serves the stale value instead of raising",
+          "[region][policy][threads]") {
+  Fixture f;
+  RegionOptions o = f.options(10s);
+  o.max_concurrent_creations = 1;
+  o.lock_timeout = 50ms;
+  Region region(o, f.backend);
+  region.set<std::string>("stale", "old");
+  f.clock->advance(11s);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread busy([&] {
+    region.get_or_create<std::string>("other", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("x");
+    });
+  });
+  entered.get_future().wait();
+  CHECK(region.get_or_create<std::string>("stale", [] { return std::string("new"); }) == "old");
+  CHECK_THROWS_AS(region.get_or_create<std::string>("missing", [] { return std::string("m"); }),
+                  LockTimeout);
+  finish.set_value();
+  busy.join();
+}

@@ -1,5 +1,7 @@
 #include "dogpile/memory_backend.h"
 
+#include "keyed_mutex.h"
+
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -74,7 +76,14 @@ class MemoryBackend final : public Backend {
 
   std::string_view name() const noexcept override { return "memory"; }
 
+  // Creation locks belong to the store, so every region over this backend
+  // (not only one Region object) excludes the others.
+  std::unique_ptr<CreationMutex> get_mutex(std::string_view key) override {
+    return locks_.mutex(std::string(key));
+  }
+
  private:
+  internal::KeyedMutexTable locks_;
   std::shared_mutex mutex_;
   std::unordered_map<std::string, std::string, StringHash, std::equal_to<>> entries_;
 };

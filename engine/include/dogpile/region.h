@@ -230,9 +230,16 @@ class Region {
   template <class T>
   std::vector<State> lookup_multi(const std::vector<std::string>& stored_keys,
                                   const GetOptions& call, std::vector<std::optional<T>>& values);
+  // Encodes `value` into `envelope`; a value the codec cannot carry, or one
+  // over max_value_size, is an error naming the key (never stored).
   template <class T>
-  void encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
-                   const std::optional<Duration>& ttl);
+  Status encode_entry(const std::string& stored_key, const T& value,
+                      const std::optional<Duration>& ttl, std::string& envelope);
+  Status check_encoded_size(const std::string& stored_key, const std::string& envelope) const;
+  Status encode_failure(const std::string& stored_key, const char* what) const;
+  template <class T>
+  Status encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
+                     const std::optional<Duration>& ttl);
 
   // Reads `stored_key` as a T; fills `value` (and `meta`) for fresh and stale entries.
   template <class T>
@@ -307,11 +314,23 @@ std::vector<Region::State> Region::lookup_multi(const std::vector<std::string>& 
 }
 
 template <class T>
-void Region::encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
-                         const std::optional<Duration>& ttl) {
+Status Region::encode_entry(const std::string& stored_key, const T& value,
+                            const std::optional<Duration>& ttl, std::string& envelope) {
+  try {
+    encode_value(options_.codec, value, new_meta(ttl), full_key_for(stored_key), envelope);
+  } catch (const std::exception& e) {
+    return encode_failure(stored_key, e.what());
+  }
+  return check_encoded_size(stored_key, envelope);
+}
+
+template <class T>
+Status Region::encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
+                           const std::optional<Duration>& ttl) {
   std::string envelope;
-  encode_value(options_.codec, value, new_meta(ttl), full_key_for(stored_key), envelope);
+  if (Status s = encode_entry(stored_key, value, ttl, envelope); !s) return s;
   out.emplace_back(std::move(stored_key), std::move(envelope));
+  return Status::ok();
 }
 
 template <RegisteredType T>
@@ -344,7 +363,7 @@ void Region::set(std::string_view key, const T& value, const SetOptions& options
   static_assert(std::is_default_constructible_v<T>, "cached types must be default-constructible");
   const std::string stored_key = mangle(key);
   std::string envelope;
-  encode_value(options_.codec, value, new_meta(options.ttl), full_key_for(stored_key), envelope);
+  if (Status s = encode_entry(stored_key, value, options.ttl, envelope); !s) throw Error(s);
   throw_if_error(store(stored_key, envelope));
 }
 
@@ -353,7 +372,14 @@ T Region::create_and_store(const std::string& stored_key, Creator& creator,
                            const CreateOptions<T>& call, const std::optional<T>& stale) {
   std::optional<T> created;
   {
-    const CreationSlot slot = acquire_creation_slot(stored_key);
+    CreationSlot slot;
+    try {
+      slot = acquire_creation_slot(stored_key);
+    } catch (const LockTimeout&) {
+      if (!stale) throw;
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return *stale;  // the throttle is full: a stale value beats waiting longer
+    }
     try {
       created.emplace(creator());
     } catch (const std::exception& e) {
@@ -375,16 +401,14 @@ T Region::create_and_store(const std::string& stored_key, Creator& creator,
   counters_.creations.fetch_add(1, std::memory_order_relaxed);
   if (call.should_cache && !call.should_cache(value)) return std::move(value);
   // The creator's value is returned even when it cannot be stored (spec §6).
-  try {
-    std::string envelope;
-    encode_value(options_.codec, value, new_meta(call.ttl), full_key_for(stored_key), envelope);
-    if (Status s = store(stored_key, envelope); !s) {
-      report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
-    }
-  } catch (const std::exception& e) {
+  std::string envelope;
+  Status s = encode_entry(stored_key, value, call.ttl, envelope);
+  if (!s) {
     counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
-    report(LogLevel::kError, stored_key, std::string("value not encoded: ") + e.what());
+  } else {
+    s = store(stored_key, envelope);
   }
+  if (!s) report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
   return std::move(value);
 }
 
@@ -480,7 +504,9 @@ void Region::set_multi(std::span<const std::pair<std::string, T>> items,
                        const SetOptions& options) {
   std::vector<KeyValue> encoded;
   encoded.reserve(items.size());
-  for (const auto& [key, value] : items) encode_into(encoded, mangle(key), value, options.ttl);
+  for (const auto& [key, value] : items) {
+    if (Status s = encode_into(encoded, mangle(key), value, options.ttl); !s) throw Error(s);
+  }
   store_multi(encoded, /*throw_on_error=*/true);
 }
 
@@ -587,17 +613,15 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     }
     counters_.creations.fetch_add(created.size(), std::memory_order_relaxed);
     std::vector<KeyValue> encoded;
-    try {
-      for (std::size_t j = 0; j < created.size(); ++j) {
-        if (options.should_cache && !options.should_cache(created[j])) continue;
-        encode_into(encoded, stored[created_slots[j]->indices.front()], created[j], options.ttl);
+    for (std::size_t j = 0; j < created.size(); ++j) {
+      if (options.should_cache && !options.should_cache(created[j])) continue;
+      const std::string& stored_key = stored[created_slots[j]->indices.front()];
+      if (Status s = encode_into(encoded, stored_key, created[j], options.ttl); !s) {
+        counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+        report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
       }
-      store_multi(encoded, /*throw_on_error=*/false);
-    } catch (const std::exception& e) {
-      counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
-      report(LogLevel::kError, stored[created_slots.front()->indices.front()],
-             std::string("values not encoded: ") + e.what());
     }
+    store_multi(encoded, /*throw_on_error=*/false);
     for (std::size_t j = 0; j < created.size(); ++j) {
       for (std::size_t i : created_slots[j]->indices) values[i] = created[j];
     }
