@@ -1,5 +1,7 @@
 #include "dogpile/region.h"
 
+#include "dogpile/proxy_backend.h"
+
 #include <cstdio>
 #include <mutex>
 #include <unordered_map>
@@ -131,7 +133,10 @@ void Region::configure_from_config(const ConfigMap& config, std::string_view pre
   require_unconfigured();
   ConfigMap own;  // the region's keys, prefix removed; arguments go to the backend
   for (auto& [key, value] : config_with_prefix(config, prefix)) {
-    if (key.rfind("arguments.", 0) != 0) own.emplace(key, value);
+    // Backend arguments and the proxy chain are read by their own parsers.
+    const bool elsewhere =
+        key.rfind("arguments.", 0) == 0 || key == "wrap" || key.rfind("wrap.", 0) == 0;
+    if (!elsewhere) own.emplace(key, value);
   }
   const std::string what = "region '" + options_.name + "' config (prefix '" +
                            std::string(prefix) + "')";
@@ -178,7 +183,8 @@ void Region::configure_from_config(const ConfigMap& config, std::string_view pre
                                     what + ": missing '" + std::string(prefix) + "backend'"));
   }
   // Built before anything changes, so a bad argument leaves the region as it was.
-  std::shared_ptr<Backend> backend = make_backend_from_config(config, prefix, options_.name);
+  std::shared_ptr<Backend> backend =
+      wrap_from_config(make_backend_from_config(config, prefix, options_.name), config, prefix);
   options_ = std::move(o);
   configure(std::move(backend));
 }

@@ -1112,3 +1112,24 @@ TEST_CASE("a full creation throttle serves the stale value instead of raising",
   finish.set_value();
   busy.join();
 }
+
+TEST_CASE("configure_from_config builds the proxy chain named under <prefix>wrap",
+          "[region][config]") {
+  Region region({.name = "wrapped"});
+  region.configure_from_config({{"cache.backend", "memory"},
+                                {"cache.wrap", "stats"},
+                                {"cache.expiration_time", "1m"}},
+                               "cache.");
+  StatsProxy* stats = find_proxy<StatsProxy>(region.backend());
+  REQUIRE(stats != nullptr);
+  region.set<std::string>("k", "v");
+  CHECK(region.get<std::string>("k") == "v");
+  CHECK(stats->snapshot().sets == 1);
+  CHECK(stats->snapshot().hits == 1);
+  Region bad({.name = "bad"});
+  CHECK_THROWS_WITH(bad.configure_from_config({{"cache.backend", "memory"},
+                                               {"cache.wrap", "telescope"}},
+                                              "cache."),
+                    Catch::Contains("telescope"));
+  CHECK_FALSE(bad.is_configured());
+}

@@ -96,6 +96,7 @@ class Region {
   //   cache.serve_stale_on_error     boolean
   //   cache.max_concurrent_creations integer
   //   cache.arguments.<name>         the backend's arguments
+  //   cache.wrap, cache.wrap.<proxy>.<option>  a proxy chain (see wrap_from_config)
   // Any other key under the prefix, a bad value or an unknown backend
   // argument throws ConfigError naming the key.
   void configure_from_config(const ConfigMap& config, std::string_view prefix);
