@@ -18,6 +18,7 @@
 #include "dogpile/lmdb_backend.h"
 #include "dogpile/memory_backend.h"
 
+#include "backend_util.h"
 #include "test_util.h"
 
 namespace {
@@ -30,6 +31,9 @@ using dogpile::Status;
 using dogpile::StatusCode;
 
 using dogpile::test::TempDir;
+using dogpile::test::erase;
+using dogpile::test::get;
+using dogpile::test::set;
 
 struct MemoryFixture {
   static constexpr bool kHasMutex = true;  // in-process, shared by every region on it
@@ -44,26 +48,6 @@ struct LmdbFixture {
   std::unique_ptr<Backend> backend =
       dogpile::open_lmdb_backend({.path = dir.path(), .durability = dogpile::Durability::kNoSync});
 };
-
-std::optional<std::string> get(Backend& b, std::string_view key) {
-  std::optional<std::string> value = std::string("stale contents");
-  const Status s = b.get(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-  return value;
-}
-
-void set(Backend& b, std::string_view key, std::string_view value) {
-  const Status s = b.set(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-}
-
-void erase(Backend& b, std::string_view key) {
-  const Status s = b.erase(key);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-}
 
 std::string pattern(std::size_t size, unsigned seed) {
   std::string out(size, '\0');

@@ -22,6 +22,7 @@
 #include "dogpile/backend.h"
 #include "dogpile/error.h"
 
+#include "backend_util.h"
 #include "test_util.h"
 
 namespace {
@@ -33,6 +34,8 @@ using dogpile::Status;
 using dogpile::StatusCode;
 
 using dogpile::test::TempDir;
+using dogpile::test::get;
+using dogpile::test::set;
 
 std::unique_ptr<Backend> open(const std::string& path, const std::string& region = "default",
                               std::uint64_t max_size = std::uint64_t{1} << 30) {
@@ -41,20 +44,6 @@ std::unique_ptr<Backend> open(const std::string& path, const std::string& region
   options.region = region;
   options.max_size = max_size;
   return dogpile::open_lmdb_backend(options);
-}
-
-std::optional<std::string> get(Backend& b, std::string_view key) {
-  std::optional<std::string> value;
-  const Status s = b.get(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-  return value;
-}
-
-void set(Backend& b, std::string_view key, std::string_view value) {
-  const Status s = b.set(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
 }
 
 // In a child process these report through the exit status instead of Catch.

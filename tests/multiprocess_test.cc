@@ -31,6 +31,13 @@ Region open_region(const std::string& dir, std::optional<Duration> expiration = 
   return Region({.name = "mp", .expiration_time = expiration}, "lmdb", {{"path", dir}});
 }
 
+// Stores `value` as written an hour ago: stale for a region expiring after 10 minutes.
+void write_hour_old(const std::string& dir, const std::string& key, const std::string& value) {
+  auto past = std::make_shared<dogpile::test::FakeClock>(std::chrono::system_clock::now() - 1h);
+  Region writer({.name = "mp", .clock = past}, "lmdb", {{"path", dir}});
+  writer.set<std::string>(key, value);
+}
+
 }  // namespace
 
 TEST_CASE("16 processes on a cold key: exactly one creation, 16 identical values",
@@ -68,12 +75,7 @@ TEST_CASE("16 processes on an expired key: one creation, 15 served stale at once
           "[multiprocess]") {
   TempDir dir;
   const std::string log = dir / "log";
-  {
-    // Written an hour ago, so it is stale for a region expiring after 10 minutes.
-    auto past = std::make_shared<dogpile::test::FakeClock>(std::chrono::system_clock::now() - 1h);
-    Region writer({.name = "mp", .clock = past}, "lmdb", {{"path", dir.path()}});
-    writer.set<std::string>("k", "old");
-  }
+  write_hour_old(dir.path(), "k", "old");
   StartGate gate;
   const auto pids = spawn(16, gate, [&](int) {
     Region region = open_region(dir.path(), 10min);
@@ -290,11 +292,7 @@ TEST_CASE("async runner: 16 processes on a stale key, one background creation",
           "[multiprocess][async]") {
   TempDir dir;
   const std::string log = dir / "log";
-  {
-    auto past = std::make_shared<dogpile::test::FakeClock>(std::chrono::system_clock::now() - 1h);
-    Region writer({.name = "mp", .clock = past}, "lmdb", {{"path", dir.path()}});
-    writer.set<std::string>("k", "old");
-  }
+  write_hour_old(dir.path(), "k", "old");
   StartGate gate;
   const auto pids = spawn(16, gate, [&](int) {
     std::string v;

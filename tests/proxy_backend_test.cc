@@ -19,28 +19,17 @@
 #include <vector>
 
 #include "dogpile/dogpile.h"
+#include "backend_util.h"
 #include "test_util.h"
 
 using namespace dogpile;
 using namespace std::chrono_literals;
 using dogpile::test::FakeClock;
 using dogpile::test::TempDir;
+using dogpile::test::get;
+using dogpile::test::set;
 
 namespace {
-
-std::optional<std::string> get(Backend& b, std::string_view key) {
-  std::optional<std::string> value = std::string("not written by get");
-  const Status s = b.get(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-  return value;
-}
-
-void set(Backend& b, std::string_view key, std::string_view value) {
-  const Status s = b.set(key, value);
-  INFO(s.to_string());
-  REQUIRE(s.is_ok());
-}
 
 std::vector<std::optional<std::string>> get_multi(Backend& b, std::vector<std::string> keys) {
   std::vector<std::optional<std::string>> values;
