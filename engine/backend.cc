@@ -36,6 +36,8 @@ Status Backend::erase_multi(std::span<const std::string> keys) {
 
 std::unique_ptr<CreationMutex> Backend::get_mutex(std::string_view) { return nullptr; }
 
+void Backend::add_usage(const UsageCounters&) noexcept {}
+
 std::shared_ptr<InvalidationStrategy> Backend::invalidation_strategy() {
   return local_invalidation_;
 }

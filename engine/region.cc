@@ -2,7 +2,10 @@
 
 #include "dogpile/proxy_backend.h"
 
+#include <pthread.h>
+
 #include <cstdio>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 
@@ -40,6 +43,28 @@ class LogLimiter {
 
 namespace {
 
+// Bumped in every fork()ed child, so a region can tell its first operation
+// in a child (begin_operation).
+std::atomic<std::uint64_t> g_fork_generation{0};
+std::once_flag g_atfork_once;
+
+void on_fork_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Steady-clock time (ns) `interval` from now, saturating for huge intervals.
+std::int64_t publish_deadline(Duration interval) noexcept {
+  const std::int64_t now = steady_ns();
+  const std::int64_t wait = std::chrono::duration_cast<std::chrono::nanoseconds>(interval).count();
+  return wait > std::numeric_limits<std::int64_t>::max() - now
+             ? std::numeric_limits<std::int64_t>::max()
+             : now + wait;
+}
+
 std::int64_t to_ns(WallTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -59,6 +84,10 @@ RegionOptions with_defaults(RegionOptions options) {
   if (options.name.empty()) {
     throw ConfigError(Status::error(StatusCode::kInvalidArgument, "region name is empty"));
   }
+  if (options.stats_interval < Duration::zero()) {
+    throw ConfigError(Status::error(StatusCode::kInvalidArgument,
+                                    "region '" + options.name + "': stats_interval is negative"));
+  }
   return options;
 }
 
@@ -77,7 +106,11 @@ Metadata metadata_from(const EnvelopeMeta& meta) {
 Region::Region(RegionOptions options)
     : options_(with_defaults(std::move(options))),
       local_locks_(std::make_unique<internal::KeyedMutexTable>()),
-      log_limiter_(std::make_unique<internal::LogLimiter>()) {}
+      log_limiter_(std::make_unique<internal::LogLimiter>()),
+      next_publish_ns_(publish_deadline(options_.stats_interval)),
+      publish_generation_(g_fork_generation.load(std::memory_order_relaxed)) {
+  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &on_fork_child); });
+}
 
 Region::Region(RegionOptions options, std::shared_ptr<Backend> backend)
     : Region(std::move(options)) {
@@ -167,6 +200,7 @@ void Region::configure_from_config(const ConfigMap& config, std::string_view pre
   }
   if (auto size = reader.size("max_value_size")) o.max_value_size = *size;
   if (auto d = reader.duration("future_tolerance")) o.future_tolerance = *d;
+  if (auto d = reader.duration("stats_interval")) o.stats_interval = *d;
   if (auto b = reader.boolean("wait_for_fresh")) o.wait_for_fresh = *b;
   if (auto b = reader.boolean("serve_stale_on_error")) o.serve_stale_on_error = *b;
   if (auto n = reader.unsigned_integer("max_concurrent_creations")) {
@@ -204,8 +238,11 @@ void Region::require_configured() const {
 
 Region::~Region() {
   // Background jobs refer to this region: let them finish first.
-  std::unique_lock lock(jobs_mu_);
-  jobs_done_.wait(lock, [this] { return pending_jobs_ == 0; });
+  {
+    std::unique_lock lock(jobs_mu_);
+    jobs_done_.wait(lock, [this] { return pending_jobs_ == 0; });
+  }
+  flush_stats();
 }
 
 void Region::job_started() {
@@ -341,11 +378,15 @@ void Region::store_multi(std::vector<KeyValue>& items, bool throw_on_error) {
   Status s = backend_->set_multi(items);
   if (s.is_ok()) return;
   counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  note_full(s);
   if (throw_on_error) throw_if_error(s);
-  report(LogLevel::kError, items.front().first, "values not stored: " + s.to_string());
+  if (s.code() != StatusCode::kFull) {
+    report(LogLevel::kError, items.front().first, "values not stored: " + s.to_string());
+  }
 }
 
 void Region::erase_multi(std::span<const std::string> keys) {
+  OperationScope operation(*this);
   const std::vector<std::string> stored_keys = mangle_all(keys);
   Status s = backend_->erase_multi(stored_keys);
   if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
@@ -363,6 +404,7 @@ void Region::invalidate(bool hard) {
 }
 
 std::optional<Metadata> Region::get_value_metadata(std::string_view key) {
+  OperationScope operation(*this);
   Entry entry;
   read_entry(mangle(key), 0, 0, GetOptions{.ignore_expiration = true}, entry);
   if (entry.state == State::kMissing) return std::nullopt;
@@ -371,11 +413,21 @@ std::optional<Metadata> Region::get_value_metadata(std::string_view key) {
 
 Status Region::store(const std::string& stored_key, const std::string& envelope) {
   Status s = backend_->set(stored_key, envelope);
-  if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  if (!s) {
+    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+    note_full(s);
+  }
   return s;
 }
 
+void Region::note_full(const Status& status) {
+  if (status.code() != StatusCode::kFull || full_logged_.exchange(true)) return;
+  options_.logger(LogLevel::kError, "region '" + options_.name + "': " + status.to_string() +
+                                        " (values that do not fit are not stored; logged once)");
+}
+
 void Region::erase(std::string_view key) {
+  OperationScope operation(*this);
   const std::string stored_key = mangle(key);  // before backend_ is touched: it may be unset
   Status s = backend_->erase(stored_key);
   if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
@@ -469,6 +521,73 @@ void Region::throw_lock_timeout(const std::string& stored_key) {
                                   "region '" + options_.name + "': waited past lock_timeout for "
                                   "another caller creating key '" +
                                       stored_key.substr(0, 64) + "'"));
+}
+
+namespace {
+
+// The counters a region publishes, as they stand.
+UsageCounters usage_of(const RegionStats& s) noexcept {
+  UsageCounters u;
+  u.hits = s.hits;
+  u.misses = s.misses;
+  u.stale_served = s.stale_served;
+  u.creations = s.creations;
+  u.corruptions = s.corruptions;
+  u.mismatches = s.mismatches;
+  return u;
+}
+
+// a - b for counters that only grow.
+UsageCounters difference(const UsageCounters& a, const UsageCounters& b) noexcept {
+  UsageCounters d;
+  d.hits = a.hits - b.hits;
+  d.misses = a.misses - b.misses;
+  d.stale_served = a.stale_served - b.stale_served;
+  d.creations = a.creations - b.creations;
+  d.corruptions = a.corruptions - b.corruptions;
+  d.mismatches = a.mismatches - b.mismatches;
+  d.evictions = a.evictions - b.evictions;
+  d.expired_purged = a.expired_purged - b.expired_purged;
+  return d;
+}
+
+}  // namespace
+
+void Region::maybe_publish_stats() noexcept {
+  // The common case: one clock read and one compare.
+  if (steady_ns() < next_publish_ns_.load(std::memory_order_relaxed)) return;
+  publish_stats(false);
+}
+
+void Region::flush_stats() noexcept { publish_stats(true); }
+
+void Region::begin_operation() noexcept {
+  const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  if (generation == publish_generation_.load(std::memory_order_relaxed)) [[likely]] return;
+  // A lock another thread held at fork() stays held in the child: then the
+  // child publishes nothing rather than wait forever.
+  std::unique_lock lock(publish_mu_, std::try_to_lock);
+  if (!lock || publish_generation_.load(std::memory_order_relaxed) == generation) return;
+  // What the parent had not published yet is the parent's to publish.
+  published_ = usage_of(stats());
+  publish_generation_.store(generation, std::memory_order_relaxed);
+}
+
+void Region::publish_stats(bool force) noexcept {
+  if (!backend_) return;
+  begin_operation();
+  std::unique_lock lock(publish_mu_, std::defer_lock);
+  if (force) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return;  // another thread is publishing
+  }
+  if (!force && steady_ns() < next_publish_ns_.load(std::memory_order_relaxed)) return;
+  const UsageCounters current = usage_of(stats());
+  const UsageCounters delta = difference(current, published_);
+  if (!delta.empty()) backend_->add_usage(delta);
+  published_ = current;
+  next_publish_ns_.store(publish_deadline(options_.stats_interval), std::memory_order_relaxed);
 }
 
 RegionStats Region::stats() const noexcept {

@@ -1133,3 +1133,114 @@ TEST_CASE("configure_from_config builds the proxy chain named under <prefix>wrap
                     Catch::Contains("telescope"));
   CHECK_FALSE(bad.is_configured());
 }
+
+TEST_CASE("a full store is logged once per region and get_or_create still returns",
+          "[region][full]") {
+  Fixture f;
+  auto faulty = std::make_shared<FaultyBackend>(f.backend);
+  Region region(f.options(), faulty);
+  faulty->fail_writes = true;
+  CHECK_THROWS_AS(region.set<std::string>("a", "v"), CacheFull);
+  CHECK_THROWS_AS(region.set<std::string>("b", "v"), CacheFull);
+  CHECK(region.get_or_create<std::string>("c", [] { return std::string("made"); }) == "made");
+  CHECK(region.get_or_create<std::string>("d", [] { return std::string("made too"); }) ==
+        "made too");
+  const std::vector<std::string> keys{"e", "f"};
+  CHECK(region.get_or_create_multi<std::string>(keys, [](std::span<const std::string> ks) {
+          return std::vector<std::string>(ks.begin(), ks.end());
+        }) == keys);
+  CHECK_FALSE(region.get<std::string>("c").has_value());
+  CHECK(region.stats().store_errors == 5);
+  REQUIRE(f.logs.size() == 1);
+  CHECK_THAT(f.logs[0], Catch::Contains("region 'test'") && Catch::Contains("injected full store"));
+  faulty->fail_writes = false;
+  region.set<std::string>("a", "stored");
+  CHECK(region.get<std::string>("a") == "stored");
+}
+
+namespace {
+
+// Records what a region publishes through add_usage.
+class UsageRecorder final : public ProxyBackend {
+ public:
+  using ProxyBackend::ProxyBackend;
+  void add_usage(const UsageCounters& delta) noexcept override {
+    std::lock_guard lock(mu);
+    calls.push_back(delta);
+  }
+  UsageCounters total() {
+    std::lock_guard lock(mu);
+    UsageCounters sum;
+    for (const UsageCounters& c : calls) sum += c;
+    return sum;
+  }
+  std::size_t call_count() {
+    std::lock_guard lock(mu);
+    return calls.size();
+  }
+
+  std::mutex mu;
+  std::vector<UsageCounters> calls;
+};
+
+}  // namespace
+
+TEST_CASE("a region publishes its counters in batches", "[region][stats]") {
+  Fixture f;
+  auto recorder = std::make_shared<UsageRecorder>(f.backend);
+  // A proxy in between forwards the counts to the backend it wraps.
+  auto chain = std::make_shared<StatsProxy>(recorder);
+
+  SECTION("not before the interval has passed; flush_stats and the destructor publish") {
+    {
+      RegionOptions options = f.options();
+      options.stats_interval = std::chrono::hours(1);
+      Region region(options, chain);
+      for (int i = 0; i < 100; ++i) (void)region.get<std::string>("absent");
+      region.set<std::string>("k", "v");
+      for (int i = 0; i < 50; ++i) CHECK(region.get<std::string>("k") == "v");
+      CHECK(recorder->call_count() == 0);  // hits and misses cost no publication
+      region.flush_stats();
+      REQUIRE(recorder->call_count() == 1);
+      UsageCounters expected;
+      expected.hits = 50;
+      expected.misses = 100;
+      CHECK(recorder->total() == expected);
+      region.flush_stats();  // nothing new: nothing published
+      CHECK(recorder->call_count() == 1);
+      (void)region.get_or_create<std::string>("new", [] { return std::string("x"); });
+    }
+    REQUIRE(recorder->call_count() == 2);
+    UsageCounters last;
+    last.misses = 1;
+    last.creations = 1;
+    CHECK(recorder->calls[1] == last);
+  }
+
+  SECTION("a zero interval publishes after every operation") {
+    RegionOptions options = f.options();
+    options.stats_interval = Duration::zero();
+    Region region(options, chain);
+    (void)region.get<std::string>("absent");
+    CHECK(recorder->call_count() == 1);
+    region.set<std::string>("k", "v");  // no counter moved: nothing to publish
+    CHECK(recorder->call_count() == 1);
+    (void)region.get<std::string>("k");
+    (void)region.get<Point>("k");  // a mismatch, and a miss
+    REQUIRE(recorder->call_count() == 3);
+    UsageCounters expected;
+    expected.hits = 1;
+    expected.misses = 2;
+    expected.mismatches = 1;
+    CHECK(recorder->total() == expected);
+  }
+
+  SECTION("stats_interval comes from config") {
+    Region region(f.options());
+    region.configure_from_config({{"c.backend", "memory"}, {"c.stats_interval", "250ms"}}, "c.");
+    CHECK(region.options().stats_interval == std::chrono::milliseconds(250));
+    RegionOptions negative = f.options();
+    negative.stats_interval = -std::chrono::seconds(1);
+    CHECK_THROWS_AS(Region(negative, chain), ConfigError);
+  }
+}

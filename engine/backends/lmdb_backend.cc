@@ -1,7 +1,5 @@
 #include "dogpile/lmdb_backend.h"
 
-#include <xxhash.h>
-
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -10,6 +8,7 @@
 #include <vector>
 
 #include "backends/lmdb_env.h"
+#include "backends/lmdb_layout.h"
 #include "backends/stamp_file.h"
 #include "dogpile/cache_dir.h"
 #include "dogpile/envelope.h"
@@ -19,53 +18,27 @@ namespace dogpile {
 namespace internal {
 namespace {
 
-// Stored-key encoding. LMDB refuses empty keys and keys over 511 bytes, so a
-// key k is stored as
-//   'k' + k                       when k has 0..510 bytes (kMaxInlineKeySize;
-//                                 1..511 stored bytes),
-//   'h' + XXH3-128(k), canonical  when k has 511 or more bytes (17 stored bytes).
-// The first byte keeps the two forms apart, and the inline form is
-// one-to-one, so distinct keys can share a stored key only through an XXH3-128
-// collision of two long keys; the region confirms long keys against the full
-// key it keeps in the envelope.
-constexpr char kInlineTag = 'k';
-constexpr char kHashTag = 'h';
-static_assert(kMaxInlineKeySize + 1 <= 511, "a tagged inline key must fit LMDB's key limit");
+// Stored keys (StoredKey, lmdb_layout.h): 'k' + the key for keys of at most
+// kMaxInlineKeySize bytes, 'h' + its XXH3-128 otherwise. The region confirms
+// long keys against the full key it keeps in the envelope.
 
-class StoredKey {
- public:
-  explicit StoredKey(std::string_view key) noexcept {
-    if (key.size() <= kMaxInlineKeySize) {
-      bytes_[0] = kInlineTag;
-      if (!key.empty()) std::memcpy(bytes_.data() + 1, key.data(), key.size());
-      size_ = 1 + key.size();
-    } else {
-      XXH128_canonical_t canonical;
-      XXH128_canonicalFromHash(&canonical, XXH3_128bits(key.data(), key.size()));
-      bytes_[0] = kHashTag;
-      std::memcpy(bytes_.data() + 1, canonical.digest, sizeof canonical.digest);
-      size_ = 1 + sizeof canonical.digest;
-    }
+// The value of an entry record (header stripped), copied once.
+Status copy_value(const LmdbEnv& env, const MDB_val& record, std::optional<std::string>& out) {
+  EntryHeader header;
+  std::string_view value;
+  if (!split_entry({static_cast<const char*>(record.mv_data), record.mv_size}, header, value)) {
+    return Status::error(StatusCode::kCorruption,
+                         "an entry record of " + std::to_string(record.mv_size) +
+                             " bytes is shorter than its header",
+                         env.path());
   }
-  StoredKey(const StoredKey&) = delete;
-  StoredKey& operator=(const StoredKey&) = delete;
-
-  // LMDB takes a non-const pointer but does not write through it for keys.
-  MDB_val val() noexcept { return MDB_val{size_, bytes_.data()}; }
-
- private:
-  std::array<char, kMaxInlineKeySize + 1> bytes_;
-  std::size_t size_ = 0;
-};
-
-MDB_val value_val(std::string_view value) noexcept {
-  return MDB_val{value.size(), const_cast<char*>(value.data())};
+  out.emplace(value);
+  return Status::ok();
 }
 
-std::optional<std::string> copy_out(const MDB_val& val) {
-  std::optional<std::string> out(std::in_place);
-  if (val.mv_size != 0) out->assign(static_cast<const char*>(val.mv_data), val.mv_size);
-  return out;
+// Record bytes a write of `value` adds (what eviction has to make room for).
+std::uint64_t record_bytes(std::string_view value) noexcept {
+  return kEntryHeaderSize + value.size();
 }
 
 Status check_options(const LmdbOptions& options) {
@@ -135,34 +108,37 @@ class LmdbBackend final : public Backend {
     StoredKey stored(key);
     MDB_val k = stored.val();
     MDB_val v{};
-    const int rc = mdb_get(txn.get(), b->dbi, &k, &v);
+    const int rc = mdb_get(txn.get(), b->region.dbi, &k, &v);
     if (rc == MDB_NOTFOUND) {
       value.reset();
       return Status::ok();
     }
     if (rc != MDB_SUCCESS) return b->env->status(rc, "cannot read");
-    value = copy_out(v);
-    return Status::ok();  // the transaction ends here, before any caller code runs
+    // The transaction ends on return, before any caller code runs.
+    return copy_value(*b->env, v, value);
   }
 
   Status set(std::string_view key, std::string_view value) override {
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
-    WriteTxn txn;
-    if (Status s = b->env->begin_write(txn); !s) return s;
-    if (Status s = put(*b, txn, key, value); !s) return s;
-    return txn.commit();
+    StoredKey stored(key);
+    return b->env->write(
+        [&](MDB_txn* txn) {
+          return put_entry(txn, b->env->store_dbs(), b->region, stored.bytes(), value);
+        },
+        record_bytes(value));
   }
 
   Status erase(std::string_view key) override {
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
-    WriteTxn txn;
-    if (Status s = b->env->begin_write(txn); !s) return s;
-    bool erased = false;
-    if (Status s = del(*b, txn, key, erased); !s) return s;
-    if (!erased) return Status::ok();  // nothing changed: the destructor aborts
-    return txn.commit();
+    StoredKey stored(key);
+    return b->env->write(
+        [&](MDB_txn* txn) {
+          bool erased = false;
+          return erase_entry(txn, b->env->store_dbs(), b->region, stored.bytes(), erased);
+        },
+        0);
   }
 
   Status get_multi(std::span<const std::string> keys,
@@ -177,10 +153,10 @@ class LmdbBackend final : public Backend {
       StoredKey stored(keys[i]);
       MDB_val k = stored.val();
       MDB_val v{};
-      const int rc = mdb_get(txn.get(), b->dbi, &k, &v);
+      const int rc = mdb_get(txn.get(), b->region.dbi, &k, &v);
       if (rc == MDB_NOTFOUND) continue;
       if (rc != MDB_SUCCESS) return b->env->status(rc, "cannot read");
-      values[i] = copy_out(v);
+      if (Status s = copy_value(*b->env, v, values[i]); !s) return s;
     }
     return Status::ok();
   }
@@ -189,28 +165,57 @@ class LmdbBackend final : public Backend {
     if (items.empty()) return Status::ok();
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
-    WriteTxn txn;
-    if (Status s = b->env->begin_write(txn); !s) return s;
-    for (const auto& [key, value] : items) {
-      if (Status s = put(*b, txn, key, value); !s) return s;
-    }
-    return txn.commit();
+    std::uint64_t bytes = 0;
+    for (const auto& item : items) bytes += record_bytes(item.second);
+    return b->env->write(
+        [&](MDB_txn* txn) {
+          for (const auto& [key, value] : items) {
+            StoredKey stored(key);
+            if (Status s = put_entry(txn, b->env->store_dbs(), b->region, stored.bytes(), value);
+                !s) {
+              return s;
+            }
+          }
+          return Status::ok();
+        },
+        bytes);
   }
 
   Status erase_multi(std::span<const std::string> keys) override {
     if (keys.empty()) return Status::ok();
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
-    WriteTxn txn;
-    if (Status s = b->env->begin_write(txn); !s) return s;
-    bool any = false;
-    for (const std::string& key : keys) {
-      bool erased = false;
-      if (Status s = del(*b, txn, key, erased); !s) return s;
-      any = any || erased;
+    return b->env->write(
+        [&](MDB_txn* txn) {
+          for (const std::string& key : keys) {
+            StoredKey stored(key);
+            bool erased = false;
+            if (Status s = erase_entry(txn, b->env->store_dbs(), b->region, stored.bytes(),
+                                       erased);
+                !s) {
+              return s;
+            }
+          }
+          return Status::ok();
+        },
+        0);
+  }
+
+  // Adds to the region's counters in the store, in one write transaction.
+  // Failures are dropped: counters are best effort.
+  void add_usage(const UsageCounters& delta) noexcept override {
+    if (delta.empty()) return;
+    try {
+      const Binding* b = nullptr;
+      if (!binding(b)) return;
+      (void)b->env->write(
+          [&](MDB_txn* txn) {
+            return internal::add_usage(txn, b->env->store_dbs(), b->region.name, delta);
+          },
+          0);
+    } catch (...) {
+      // bad_alloc: the counts are lost, the caller carries on.
     }
-    if (!any) return Status::ok();
-    return txn.commit();
   }
 
   // Locks are per (region, key) on the directory's creation.lock, so they
@@ -229,10 +234,10 @@ class LmdbBackend final : public Backend {
   std::shared_ptr<InvalidationStrategy> invalidation_strategy() override { return invalidation_; }
 
  private:
-  // An environment of one fork generation and the region's handle in it.
+  // An environment of one fork generation and the region in it.
   struct Binding {
     std::shared_ptr<LmdbEnv> env;
-    MDB_dbi dbi = 0;
+    RegionRef region;
   };
 
   explicit LmdbBackend(LmdbOptions options) : options_(std::move(options)) {}
@@ -261,30 +266,13 @@ class LmdbBackend final : public Backend {
     const LmdbEnvOptions env_options{options_.max_size, options_.max_regions, options_.max_readers,
                                      options_.durability};
     if (Status s = LmdbEnv::acquire(options_.path, env_options, fresh->env); !s) return s;
-    if (Status s = fresh->env->open_region(options_.region, fresh->dbi); !s) return s;
+    if (Status s = fresh->env->open_region(options_.region, fresh->region); !s) return s;
     out = fresh.get();
     // Older bindings stay alive: another thread may still be reading one
     // (only to find it stale). There is one per fork generation seen.
     bindings_.push_back(std::move(fresh));
     current_.store(out, std::memory_order_release);
     return Status::ok();
-  }
-
-  static Status put(const Binding& b, WriteTxn& txn, std::string_view key, std::string_view value) {
-    StoredKey stored(key);
-    MDB_val k = stored.val();
-    MDB_val v = value_val(value);
-    const int rc = mdb_put(txn.get(), b.dbi, &k, &v, 0);
-    return rc == MDB_SUCCESS ? Status::ok() : b.env->status(rc, "cannot write");
-  }
-
-  static Status del(const Binding& b, WriteTxn& txn, std::string_view key, bool& erased) {
-    StoredKey stored(key);
-    MDB_val k = stored.val();
-    const int rc = mdb_del(txn.get(), b.dbi, &k, nullptr);
-    erased = rc == MDB_SUCCESS;
-    if (rc == MDB_SUCCESS || rc == MDB_NOTFOUND) return Status::ok();
-    return b.env->status(rc, "cannot erase");
   }
 
   const LmdbOptions options_;

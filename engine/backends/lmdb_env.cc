@@ -1,12 +1,18 @@
 #include "backends/lmdb_env.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 
 #include "dogpile/envelope.h"
 
@@ -47,6 +53,28 @@ Status check_cache_file(const std::string& path, bool must_exist) {
   }
   if (st.st_nlink != 1) return refuse("it has " + std::to_string(st.st_nlink) + " hard links");
   return Status::ok();
+}
+
+// LMDB 0.9 opens data.mdb (twice: once more with O_DSYNC for meta pages)
+// without O_CLOEXEC, so every program a cache user runs would inherit the
+// descriptors. Mark every descriptor of this process on the file (`st`).
+void set_cloexec_on(const struct stat& st) noexcept {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  const int own = ::dirfd(dir);
+  while (const dirent* entry = ::readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == own) continue;
+    struct stat fd_st {};
+    if (::fstat(static_cast<int>(fd), &fd_st) != 0) continue;
+    if (fd_st.st_dev != st.st_dev || fd_st.st_ino != st.st_ino) continue;
+    const int flags = ::fcntl(static_cast<int>(fd), F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC) == 0) {
+      ::fcntl(static_cast<int>(fd), F_SETFD, flags | FD_CLOEXEC);
+    }
+  }
+  ::closedir(dir);
 }
 
 }  // namespace
@@ -274,8 +302,13 @@ Status LmdbEnv::open() {
   if (const int rc = mdb_env_set_maxreaders(raw, options_.max_readers); rc != 0) {
     return status(rc, "cannot set max_readers");
   }
-  if (const int rc = mdb_env_set_mapsize(raw, options_.map_size); rc != 0) {
-    return status(rc, "cannot set map_size");
+  // Without a size, LMDB maps what the file records (at least what its data
+  // needs), or its 1 MiB default for a new file: the map starts small and
+  // write() grows it. Only a max_size below the default is set here.
+  if (options_.map_size < kDefaultMapSize) {
+    if (const int rc = mdb_env_set_mapsize(raw, options_.map_size); rc != 0) {
+      return status(rc, "cannot set the map size");
+    }
   }
   // MDB_NOTLS: transactions are not tied to threads (readers are pooled and
   // may end on another thread). Never MDB_WRITEMAP: a stray write through
@@ -298,6 +331,7 @@ Status LmdbEnv::open() {
       named.st_ino != opened.st_ino) {
     return Status::error(StatusCode::kIOError, "cache file was replaced while opening", data_path);
   }
+  set_cloexec_on(opened);
 
   if (mdb_env_get_maxkeysize(raw) < static_cast<int>(kMaxInlineKeySize)) {
     return Status::error(StatusCode::kNotSupported,
@@ -311,7 +345,110 @@ Status LmdbEnv::open() {
   if (const int rc = mdb_reader_check(raw, &dead); rc != MDB_SUCCESS) {
     return status(rc, "cannot check the reader table");
   }
+  if (Status s = open_store(); !s) return s;
   return LockFile::open(path_ + "/" + LockFile::kFileName, lock_file_);
+}
+
+namespace {
+
+constexpr std::string_view kLayoutKey = "layout";
+
+MDB_val as_val(std::string_view bytes) noexcept {
+  return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
+}
+
+std::string_view as_view(const MDB_val& val) noexcept {
+  return {static_cast<const char*>(val.mv_data), val.mv_size};
+}
+
+std::string layout_record() {
+  std::string out(4, '\0');
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((kStoreLayoutVersion >> (8 * i)) & 0xff);
+  return out;
+}
+
+// The names of the region sub-databases the main database lists.
+Status region_db_names(MDB_txn* txn, std::vector<std::string>& out) {
+  MDB_dbi main = 0;
+  if (const int rc = mdb_dbi_open(txn, nullptr, 0, &main); rc != MDB_SUCCESS) return Status::error(
+      StatusCode::kIOError, std::string("cannot open the main database: ") + mdb_strerror(rc));
+  MDB_cursor* cursor = nullptr;
+  if (const int rc = mdb_cursor_open(txn, main, &cursor); rc != MDB_SUCCESS) {
+    return Status::error(StatusCode::kIOError,
+                         std::string("cannot read the main database: ") + mdb_strerror(rc));
+  }
+  const std::string_view prefix = LmdbEnv::kRegionPrefix;
+  MDB_val key = as_val(prefix);
+  MDB_val data{};
+  int rc = mdb_cursor_get(cursor, &key, &data, MDB_SET_RANGE);
+  while (rc == MDB_SUCCESS && as_view(key).substr(0, prefix.size()) == prefix) {
+    out.emplace_back(as_view(key));
+    rc = mdb_cursor_get(cursor, &key, &data, MDB_NEXT);
+  }
+  mdb_cursor_close(cursor);
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) {
+    return Status::error(StatusCode::kIOError,
+                         std::string("cannot read the main database: ") + mdb_strerror(rc));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status LmdbEnv::open_store() {
+  StoreDbs dbs;
+  bool emptied = false;
+  std::size_t old_regions = 0;
+  const WriteBody body = [&](MDB_txn* txn) -> Status {
+    emptied = false;
+    for (auto [name, dbi] : {std::pair{kMetaDb, &dbs.meta}, std::pair{kWrittenDb, &dbs.written},
+                             std::pair{kExpiryDb, &dbs.expiry}}) {
+      if (const int rc = mdb_dbi_open(txn, name, MDB_CREATE, dbi); rc != MDB_SUCCESS) {
+        return status(rc, std::string("cannot open the store table ") + name);
+      }
+    }
+    const std::string layout = layout_record();
+    MDB_val key = as_val(kLayoutKey);
+    MDB_val data{};
+    const int rc = mdb_get(txn, dbs.meta, &key, &data);
+    if (rc == MDB_SUCCESS && as_view(data) == layout) return Status::ok();
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return status(rc, "cannot read the store layout");
+
+    // No layout record, or another one: whatever regions exist hold entries
+    // in another layout. Cached data can always be made again, so they go.
+    std::vector<std::string> names;
+    if (Status s = region_db_names(txn, names); !s) return s;
+    old_regions = names.size();
+    for (const std::string& name : names) {
+      MDB_dbi dbi = 0;
+      int r = mdb_dbi_open(txn, name.c_str(), 0, &dbi);
+      // Deleting the sub-database also closes its handle, so any number of
+      // old regions fit in the handle table one after another.
+      if (r == MDB_SUCCESS) r = mdb_drop(txn, dbi, 1);
+      if (r != MDB_SUCCESS) return status(r, "cannot empty the old region " + name);
+    }
+    for (MDB_dbi dbi : {dbs.meta, dbs.written, dbs.expiry}) {
+      if (const int r = mdb_drop(txn, dbi, 0); r != MDB_SUCCESS) {
+        return status(r, "cannot empty the store tables");
+      }
+    }
+    emptied = true;
+    MDB_val value = as_val(layout);
+    if (const int r = mdb_put(txn, dbs.meta, &key, &value, 0); r != MDB_SUCCESS) {
+      return status(r, "cannot write the store layout");
+    }
+    return Status::ok();
+  };
+  if (Status s = write(body, 0); !s) return s;
+  dbs_ = dbs;
+  store_open_ = true;
+  if (emptied && old_regions > 0) {
+    std::fprintf(stderr,
+                 "dogpile: the cache in %s was written in another store layout; its %zu "
+                 "region(s) were emptied and will be filled again\n",
+                 path_.c_str(), old_regions);
+  }
+  return Status::ok();
 }
 
 Status LmdbEnv::begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::shared_mutex>& lock) {
@@ -327,7 +464,8 @@ Status LmdbEnv::begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::share
     map_lock.unlock();
     if (rc == MDB_MAP_RESIZED && !remapped) {
       // Another process grew the map past ours: adopt its size. Remapping
-      // needs every transaction of this process to be over.
+      // needs every transaction of this process to be over; pooled readers
+      // are reset and hold no pointer into the map.
       remapped = true;
       std::unique_lock remap(map_mutex_);
       if (const int r = mdb_env_set_mapsize(env_.get(), 0); r != MDB_SUCCESS) {
@@ -370,7 +508,10 @@ Status LmdbEnv::begin_read(ReadTxn& out) {
       out.map_lock_ = std::move(map_lock);
       return Status::ok();
     }
-    // A failed renew leaves it reset: drop it and take the path that retries.
+    // A failed renew (MDB_MAP_RESIZED, MDB_READERS_FULL) leaves it reset:
+    // drop it, then let begin() remap or free slots and retry. The map lock
+    // goes first: remapping takes it exclusively.
+    map_lock.unlock();
     pooled.reset();
   }
   MDB_txn* txn = nullptr;
@@ -401,7 +542,132 @@ void LmdbEnv::recycle_reader(MDB_txn* txn) noexcept {
   if (readers_.size() < kReaderPoolSize) readers_.push_back(std::move(reader));
 }
 
-Status LmdbEnv::open_region(std::string_view region, MDB_dbi& out) {
+std::uint64_t LmdbEnv::map_size() const noexcept {
+  MDB_envinfo info{};
+  mdb_env_info(env_.get(), &info);
+  return info.me_mapsize;
+}
+
+// ---- writes: growth and eviction ----
+
+Status LmdbEnv::write(const WriteBody& body, std::uint64_t bytes) {
+  const std::uint64_t limit = options_.map_size;
+  if (bytes > limit / 2) {
+    return full_error(bytes, map_size(), "a write above half of max_size is refused");
+  }
+  std::uint64_t freed = 0;
+  int rounds = 0;
+  for (;;) {
+    std::uint64_t map = 0;
+    Status s = write_once(body, map);
+    // Inside a write only MDB_MAP_FULL is reported as kFull.
+    if (s.code() != StatusCode::kFull) return s;
+    if (map < limit) {
+      if (Status g = grow(map, bytes); !g) return g;
+      continue;
+    }
+    if (rounds == kEvictionRounds) {
+      return full_error(bytes, map,
+                        std::to_string(kEvictionRounds) + " eviction rounds freed " +
+                            std::to_string(freed) + " bytes, not enough room");
+    }
+    ++rounds;
+    std::uint64_t round_freed = 0;
+    if (Status e = evict_round(bytes, map, round_freed); !e) return e;
+    if (round_freed == 0) {
+      return full_error(bytes, map, "there is nothing left to evict");
+    }
+    freed += round_freed;
+  }
+}
+
+Status LmdbEnv::write_once(const WriteBody& body, std::uint64_t& map) {
+  WriteTxn txn;
+  if (Status s = begin_write(txn); !s) return s;
+  // Read under the transaction's map lock: the size this attempt ran with.
+  map = map_size();
+  if (Status s = body(txn.get()); !s) return s;  // aborted by txn's destructor
+  return txn.commit();
+}
+
+Status LmdbEnv::grow(std::uint64_t seen, std::uint64_t bytes) {
+  // Remapping needs every transaction of this process to be over.
+  std::unique_lock remap(map_mutex_);
+  const std::uint64_t map = map_size();
+  if (map > seen) return Status::ok();  // grown meanwhile: retry first
+  const std::uint64_t wanted = std::max(2 * map, map + 2 * bytes + kDefaultMapSize);
+  const std::uint64_t size = std::min(options_.map_size, wanted);
+  if (size <= map) return full_error(bytes, map, "the map cannot grow");
+  if (const int rc = mdb_env_set_mapsize(env_.get(), size); rc != MDB_SUCCESS) {
+    return status(rc, "cannot grow the map to " + std::to_string(size) + " bytes");
+  }
+  return Status::ok();
+}
+
+Status LmdbEnv::evict_round(std::uint64_t bytes, std::uint64_t map, std::uint64_t& freed) {
+  freed = 0;
+  if (!store_open_) return Status::ok();  // nothing to evict while the store opens
+  const std::uint64_t target = std::max(map / 4, 2 * bytes);
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  // Removals go in at least two transactions, each bounded.
+  const std::uint64_t per_txn = std::max<std::uint64_t>(target / 2, 1);
+  std::uint64_t max_entries = kEvictionBatch;
+  int commits = 0;
+  while (freed < target) {
+    RemovalStep step;
+    std::uint64_t ran_with = 0;
+    const Status s = write_once(
+        [&](MDB_txn* txn) {
+          step = RemovalStep{};
+          return evict(*this, txn, dbs_, now, std::min(per_txn, target - freed), max_entries,
+                       step);
+        },
+        ran_with);
+    if (s.code() == StatusCode::kFull) {
+      // Removing entries needs pages too (copies of the pages it changes,
+      // the free list); a full map may allow only a few at a time.
+      if (max_entries == 1) return full_error(bytes, ran_with, "the map is too full to evict");
+      max_entries = std::max<std::uint64_t>(1, std::min(max_entries, step.removed + 1) / 2);
+      continue;
+    }
+    if (!s) return s;
+    if (step.removed == 0) break;  // nothing left to evict
+    freed += step.bytes;
+    ++commits;
+  }
+  if (commits > 0) {
+    // LMDB reuses the pages a transaction frees only from the second
+    // transaction after it on. Rewriting the layout record commits one more
+    // transaction, so the retried write can use every page this round freed
+    // (large values need long runs of free pages).
+    std::uint64_t ran_with = 0;
+    const std::string layout = layout_record();
+    const Status s = write_once(
+        [&](MDB_txn* txn) {
+          MDB_val key = as_val(kLayoutKey);
+          MDB_val value = as_val(layout);
+          const int rc = mdb_put(txn, dbs_.meta, &key, &value, 0);
+          return rc == MDB_SUCCESS ? Status::ok() : status(rc, "cannot write the store layout");
+        },
+        ran_with);
+    if (!s && s.code() != StatusCode::kFull) return s;
+  }
+  return Status::ok();
+}
+
+Status LmdbEnv::full_error(std::uint64_t bytes, std::uint64_t map, std::string_view why) const {
+  return Status::error(StatusCode::kFull,
+                       "the cache is full: cannot store " + std::to_string(bytes) +
+                           " bytes with max_size " + std::to_string(options_.map_size) +
+                           " bytes (map " + std::to_string(map) + " bytes): " + std::string(why),
+                       path_);
+}
+
+// ---- regions ----
+
+Status LmdbEnv::region_db_name(std::string_view region, std::string& out) const {
   if (region.empty()) {
     return Status::error(StatusCode::kInvalidArgument, "region name is empty", path_);
   }
@@ -415,14 +681,49 @@ Status LmdbEnv::open_region(std::string_view region, MDB_dbi& out) {
                              " are allowed",
                          path_);
   }
-  std::string name(kRegionPrefix);
-  name += region;
+  out.assign(kRegionPrefix);
+  out += region;
+  return Status::ok();
+}
 
-  std::lock_guard lock(dbis_mutex_);
-  if (const auto it = dbis_.find(name); it != dbis_.end()) {
-    out = it->second;
-    return Status::ok();
-  }
+bool LmdbEnv::remember_region(const RegionRef& ref) {
+  std::lock_guard lock(regions_mutex_);
+  if (regions_.count(ref.name) != 0) return true;
+  if (regions_.size() >= options_.max_regions) return false;
+  regions_.emplace(ref.name, ref);
+  region_names_.emplace(ref.id, ref.name);
+  return true;
+}
+
+namespace {
+
+std::string rid_key(std::string_view region) { return "rid:" + std::string(region); }
+
+std::string rname_key(std::uint32_t id) {
+  std::string key = "rname:";
+  for (int shift = 24; shift >= 0; shift -= 8) key += static_cast<char>((id >> shift) & 0xff);
+  return key;
+}
+
+std::string u32_le(std::uint32_t v) {
+  std::string out(4, '\0');
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return out;
+}
+
+bool read_u32_le(const MDB_val& val, std::uint32_t& out) {
+  if (val.mv_size != 4) return false;
+  const auto* p = static_cast<const unsigned char*>(val.mv_data);
+  out = std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
+        std::uint32_t{p[3]} << 24;
+  return true;
+}
+
+}  // namespace
+
+Status LmdbEnv::open_region(std::string_view region, RegionRef& out) {
+  std::string db_name;
+  if (Status s = region_db_name(region, db_name); !s) return s;
   const auto regions_full = [&] {
     return Status::error(StatusCode::kInvalidArgument,
                          "cannot open region '" + std::string(region) + "': all " +
@@ -431,21 +732,167 @@ Status LmdbEnv::open_region(std::string_view region, MDB_dbi& out) {
                              "process (the first opener of a cache directory sets it)",
                          path_);
   };
-  if (regions_open_ >= options_.max_regions) return regions_full();
+  {
+    std::lock_guard lock(regions_mutex_);
+    if (const auto it = regions_.find(region); it != regions_.end()) {
+      out = it->second;
+      return Status::ok();
+    }
+    if (regions_.size() >= options_.max_regions) return regions_full();
+  }
 
   // A new handle is private to its transaction until that commits, so open
   // it in a write transaction of its own and commit before anyone uses it.
-  WriteTxn txn;
-  if (Status s = begin_write(txn); !s) return s;
-  MDB_dbi dbi = 0;
-  if (const int rc = mdb_dbi_open(txn.get(), name.c_str(), MDB_CREATE, &dbi); rc != MDB_SUCCESS) {
-    if (rc == MDB_DBS_FULL) return regions_full();
-    return status(rc, "cannot open the sub-database of region '" + std::string(region) + "'");
+  // Write transactions are serialised, which also keeps mdb_dbi_open calls
+  // apart as LMDB requires.
+  RegionRef ref;
+  ref.name = std::string(region);
+  const WriteBody body = [&](MDB_txn* txn) -> Status {
+    if (const int rc = mdb_dbi_open(txn, db_name.c_str(), MDB_CREATE, &ref.dbi);
+        rc != MDB_SUCCESS) {
+      if (rc == MDB_DBS_FULL) return regions_full();
+      return status(rc, "cannot open the sub-database of region '" + std::string(region) + "'");
+    }
+    const std::string rid = rid_key(region);
+    MDB_val key = as_val(rid);
+    MDB_val data{};
+    int rc = mdb_get(txn, dbs_.meta, &key, &data);
+    if (rc == MDB_SUCCESS && read_u32_le(data, ref.id)) return Status::ok();
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return status(rc, "cannot read region ids");
+    // A new region: the next id.
+    const std::string_view next_name = "next_region_id";
+    MDB_val next_key = as_val(next_name);
+    ref.id = 1;
+    rc = mdb_get(txn, dbs_.meta, &next_key, &data);
+    if (rc == MDB_SUCCESS && !read_u32_le(data, ref.id)) {
+      return Status::error(StatusCode::kCorruption, "bad next_region_id record in _meta", path_);
+    }
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return status(rc, "cannot read region ids");
+    if (ref.id == 0 || ref.id == UINT32_MAX) {
+      return Status::error(StatusCode::kNotSupported, "no region ids are left", path_);
+    }
+    const std::string id_bytes = u32_le(ref.id);
+    const std::string next_bytes = u32_le(ref.id + 1);
+    const std::string rname = rname_key(ref.id);
+    for (auto [k, v] : {std::pair<std::string_view, std::string_view>{rid, id_bytes},
+                        {rname, region},
+                        {next_name, next_bytes}}) {
+      MDB_val kv = as_val(k);
+      MDB_val vv = as_val(v);
+      if (const int r = mdb_put(txn, dbs_.meta, &kv, &vv, 0); r != MDB_SUCCESS) {
+        return status(r, "cannot record region '" + std::string(region) + "'");
+      }
+    }
+    return Status::ok();
+  };
+  if (Status s = write(body, 64 + 2 * region.size()); !s) return s;
+  if (!remember_region(ref)) return regions_full();
+  out = std::move(ref);
+  return Status::ok();
+}
+
+Status LmdbEnv::find_region(std::string_view region, std::optional<RegionRef>& out) {
+  out.reset();
+  std::string db_name;
+  if (Status s = region_db_name(region, db_name); !s) {
+    // No such name can exist in the store.
+    return s.code() == StatusCode::kInvalidArgument ? Status::ok() : s;
   }
-  if (Status s = txn.commit(); !s) return s;
-  dbis_.emplace(std::move(name), dbi);
-  ++regions_open_;
-  out = dbi;
+  {
+    std::lock_guard lock(regions_mutex_);
+    if (const auto it = regions_.find(region); it != regions_.end()) {
+      out = it->second;
+      return Status::ok();
+    }
+  }
+  // Opening a handle the first time takes a transaction that commits; a
+  // write transaction (which changes nothing here, so its commit writes
+  // nothing) keeps mdb_dbi_open calls apart from every other one.
+  std::optional<RegionRef> found;
+  const WriteBody body = [&](MDB_txn* txn) -> Status {
+    found.reset();
+    const std::string rid = rid_key(region);
+    MDB_val key = as_val(rid);
+    MDB_val data{};
+    std::uint32_t id = 0;
+    int rc = mdb_get(txn, dbs_.meta, &key, &data);
+    if (rc == MDB_NOTFOUND || (rc == MDB_SUCCESS && !read_u32_le(data, id))) return Status::ok();
+    if (rc != MDB_SUCCESS) return status(rc, "cannot read region ids");
+    MDB_dbi dbi = 0;
+    rc = mdb_dbi_open(txn, db_name.c_str(), 0, &dbi);
+    if (rc == MDB_NOTFOUND) return Status::ok();
+    if (rc != MDB_SUCCESS) {
+      return status(rc, "cannot open the sub-database of region '" + std::string(region) + "'");
+    }
+    found = RegionRef{std::string(region), id, dbi};
+    return Status::ok();
+  };
+  if (Status s = write(body, 0); !s) return s;
+  if (found && !remember_region(*found)) {
+    return Status::error(StatusCode::kInvalidArgument,
+                         "cannot open region '" + std::string(region) + "': all " +
+                             std::to_string(options_.max_regions) +
+                             " regions allowed by max_regions are open in this process",
+                         path_);
+  }
+  out = std::move(found);
+  return Status::ok();
+}
+
+Status LmdbEnv::list_regions(std::vector<RegionRef>& out) {
+  out.clear();
+  std::vector<std::string> names;
+  {
+    ReadTxn txn;
+    if (Status s = begin_read(txn); !s) return s;
+    MDB_cursor* cursor = nullptr;
+    if (const int rc = mdb_cursor_open(txn.get(), dbs_.meta, &cursor); rc != MDB_SUCCESS) {
+      return status(rc, "cannot read region ids");
+    }
+    const std::string_view prefix = "rid:";
+    MDB_val key = as_val(prefix);
+    MDB_val data{};
+    int rc = mdb_cursor_get(cursor, &key, &data, MDB_SET_RANGE);
+    while (rc == MDB_SUCCESS && as_view(key).substr(0, prefix.size()) == prefix) {
+      names.emplace_back(as_view(key).substr(prefix.size()));
+      rc = mdb_cursor_get(cursor, &key, &data, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return status(rc, "cannot read region ids");
+  }
+  // The read transaction is over before find_region writes.
+  for (const std::string& name : names) {
+    std::optional<RegionRef> ref;
+    if (Status s = find_region(name, ref); !s) return s;
+    if (ref) out.push_back(std::move(*ref));
+  }
+  return Status::ok();
+}
+
+Status LmdbEnv::region_by_id(MDB_txn* txn, std::uint32_t id, std::optional<RegionRef>& out) {
+  out.reset();
+  {
+    std::lock_guard lock(regions_mutex_);
+    if (const auto it = region_names_.find(id); it != region_names_.end()) {
+      out = regions_.at(it->second);
+      return Status::ok();
+    }
+  }
+  const std::string rname = rname_key(id);
+  MDB_val key = as_val(rname);
+  MDB_val data{};
+  int rc = mdb_get(txn, dbs_.meta, &key, &data);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return status(rc, "cannot read region names");
+  RegionRef ref{std::string(as_view(data)), id, 0};
+  std::string db_name;
+  if (!region_db_name(ref.name, db_name)) return Status::ok();
+  rc = mdb_dbi_open(txn, db_name.c_str(), 0, &ref.dbi);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) {
+    return status(rc, "cannot open the sub-database of region '" + ref.name + "'");
+  }
+  out = std::move(ref);
   return Status::ok();
 }
 

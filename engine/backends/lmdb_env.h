@@ -16,8 +16,14 @@
 // released in another generation is leaked.
 //
 // Transactions are short and never span user code. Every transaction holds
-// the environment's map lock shared, so absorbing another process's map growth
-// (mdb_env_set_mapsize, which remaps) can take it exclusively.
+// the environment's map lock shared, so growing the map or absorbing another
+// process's growth (mdb_env_set_mapsize, which remaps) can take it
+// exclusively. A thread must therefore never begin a write (write() or
+// begin_write) while it holds another transaction of this environment.
+//
+// The map starts small (LMDB's default, or what the file already needs) and
+// write() grows it on MDB_MAP_FULL up to max_size, then evicts
+// (docs/format.md, "LMDB store layout").
 //
 // Thread safety: LmdbEnv is safe to share between threads; ReadTxn and
 // WriteTxn objects belong to one thread at a time.
@@ -27,9 +33,11 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -40,6 +48,7 @@
 #include "dogpile/config.h"
 #include "dogpile/lmdb_backend.h"
 #include "dogpile/status.h"
+#include "backends/lmdb_layout.h"
 #include "file_lock.h"
 
 namespace dogpile::internal {
@@ -114,10 +123,12 @@ class WriteTxn {
   std::shared_lock<std::shared_mutex> map_lock_;
 };
 
+// The defaults are LmdbOptions'.
 struct LmdbEnvOptions {
-  std::uint64_t map_size = 0;
-  std::uint32_t max_regions = 0;
-  std::uint32_t max_readers = 0;
+  // Largest size the map may grow to (LmdbOptions::max_size).
+  std::uint64_t map_size = std::uint64_t{1} << 30;
+  std::uint32_t max_regions = 128;
+  std::uint32_t max_readers = 510;
   Durability durability = Durability::kDurable;
 };
 
@@ -132,6 +143,8 @@ class LmdbEnv {
   // max_readers, shared by all processes), so the pool stays small and is
   // emptied when the reader table is full.
   static constexpr std::size_t kReaderPoolSize = 8;
+  // LMDB's map size for a new file when none is set: where maps start.
+  static constexpr std::uint64_t kDefaultMapSize = std::uint64_t{1} << 20;
   // Prefix of a region's sub-database name in the main database.
   static constexpr std::string_view kRegionPrefix = "region:";
   // LMDB's main database stores sub-database names as keys (max 511 bytes).
@@ -155,12 +168,48 @@ class LmdbEnv {
   LockFile& lock_file() const noexcept { return *lock_file_; }
   const LmdbEnvOptions& options() const noexcept { return options_; }
 
-  // The sub-database of region `region` ("region:<name>"), created if
-  // missing. Empty names and names containing NUL are refused.
-  Status open_region(std::string_view region, MDB_dbi& out);
+  // Handles of the store's own tables (_meta, _written, _expiry).
+  const StoreDbs& store_dbs() const noexcept { return dbs_; }
+  // Largest size the map grows to by itself (the first opener's max_size).
+  std::uint64_t max_size() const noexcept { return options_.map_size; }
+  // Current size of this process's map.
+  std::uint64_t map_size() const noexcept;
+
+  // Region `region` (sub-database "region:<name>" and its id in _meta),
+  // created if missing. Empty names, names containing NUL and names over
+  // kMaxRegionNameSize are refused. A handle is opened once per process, in
+  // a write transaction of its own (which serialises mdb_dbi_open as LMDB
+  // requires), so these three must not be called while the calling thread
+  // holds a transaction, nor from a write() body.
+  Status open_region(std::string_view region, RegionRef& out);
+  // Region `region` if the store has one; creates nothing (its transaction
+  // changes nothing, so its commit writes nothing).
+  Status find_region(std::string_view region, std::optional<RegionRef>& out);
+  // Every region the store names in _meta, sorted by name.
+  Status list_regions(std::vector<RegionRef>& out);
+  // The region with id `id` for use in `txn`, a write transaction. A handle
+  // this process has not opened yet is opened in `txn` and not remembered:
+  // it lasts only if `txn` commits.
+  Status region_by_id(MDB_txn* txn, std::uint32_t id, std::optional<RegionRef>& out);
 
   Status begin_read(ReadTxn& out);
   Status begin_write(WriteTxn& out);
+
+  // Runs `body` in a write transaction and commits it. When the map is full
+  // (MDB_MAP_FULL from body or commit) the transaction is aborted, and the
+  // map grown (up to max_size) or, at max_size, entries evicted in
+  // transactions of their own; then body runs again in a new transaction, so
+  // it must do all its work on the transaction it is given, and return kFull
+  // only for MDB_MAP_FULL. `bytes` is what body writes (record bytes); a
+  // write above half of max_size, or one that still does not fit after
+  // kEvictionRounds, fails with kFull.
+  using WriteBody = std::function<Status(MDB_txn* txn)>;
+  Status write(const WriteBody& body, std::uint64_t bytes);
+
+  // Eviction rounds a write may cause before it fails with kFull.
+  static constexpr int kEvictionRounds = 3;
+  // Most entries one eviction transaction removes.
+  static constexpr std::uint64_t kEvictionBatch = 4096;
 
   // lmdb_status with this environment's path.
   Status status(int rc, std::string_view what) const { return lmdb_status(rc, what, path_); }
@@ -178,6 +227,24 @@ class LmdbEnv {
   LmdbEnv(std::string path, const LmdbEnvOptions& options, std::uint64_t generation);
   // Checks the files, opens the environment and the lock file.
   Status open();
+  // Opens the store tables and writes the layout record, emptying a store
+  // of another layout.
+  Status open_store();
+
+  // One attempt of write(): body and commit in one transaction; `map` is
+  // the map size the transaction ran with.
+  Status write_once(const WriteBody& body, std::uint64_t& map);
+  // Grows the map past `seen` (unless another thread already did).
+  Status grow(std::uint64_t seen, std::uint64_t bytes);
+  // One eviction round for a write of `bytes` that found map size `map`
+  // full: frees max(map / 4, 2 * bytes) record bytes, or what there is, in
+  // committed transactions; `freed` says how many it freed.
+  Status evict_round(std::uint64_t bytes, std::uint64_t map, std::uint64_t& freed);
+  Status full_error(std::uint64_t bytes, std::uint64_t map, std::string_view why) const;
+  // Checks a region name and builds its sub-database name.
+  Status region_db_name(std::string_view region, std::string& out) const;
+  // Remembers an opened region; false when max_regions are already open.
+  bool remember_region(const RegionRef& ref);
 
   // mdb_txn_begin with the MDB_MAP_RESIZED / MDB_READERS_FULL retries; on
   // success `lock` holds the map lock shared.
@@ -198,9 +265,14 @@ class LmdbEnv {
   std::mutex readers_mutex_;
   std::vector<TxnPtr> readers_;  // reset read transactions, reused via mdb_txn_renew
 
-  std::mutex dbis_mutex_;
-  std::map<std::string, MDB_dbi, std::less<>> dbis_;  // sub-database name -> handle
-  std::uint32_t regions_open_ = 0;
+  StoreDbs dbs_;  // set by open_store, then constant
+  bool store_open_ = false;
+
+  // Opened regions. Never held while beginning a transaction: a writer may
+  // need it to look up a region.
+  std::mutex regions_mutex_;
+  std::map<std::string, RegionRef, std::less<>> regions_;  // by name
+  std::map<std::uint32_t, std::string> region_names_;       // id -> name
 };
 
 // The "lmdb" registry factory (in lmdb_backend.cc).

@@ -66,6 +66,8 @@ std::unique_ptr<CreationMutex> ProxyBackend::get_mutex(std::string_view key) {
   return inner_->get_mutex(key);
 }
 
+void ProxyBackend::add_usage(const UsageCounters& delta) noexcept { inner_->add_usage(delta); }
+
 std::string_view ProxyBackend::name() const noexcept { return inner_->name(); }
 
 std::shared_ptr<InvalidationStrategy> ProxyBackend::invalidation_strategy() {

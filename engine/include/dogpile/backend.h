@@ -24,6 +24,7 @@
 #include "dogpile/creation_mutex.h"
 #include "dogpile/invalidation.h"
 #include "dogpile/status.h"
+#include "dogpile/usage_counters.h"
 
 namespace dogpile {
 
@@ -50,6 +51,12 @@ class Backend {
   // A creation lock for `key`, or nullptr when the backend has none; the
   // region then uses an in-process lock.
   virtual std::unique_ptr<CreationMutex> get_mutex(std::string_view key);
+
+  // Adds a region's usage counts to what the backend keeps for every process
+  // (Region publishes them in batches). The default keeps nothing; lmdb adds
+  // them to the cache directory in one write transaction. Best effort: a
+  // failure loses the counts and is not reported.
+  virtual void add_usage(const UsageCounters& delta) noexcept;
 
   // The registry name ("memory", "null", "lmdb").
   virtual std::string_view name() const noexcept = 0;

@@ -13,6 +13,14 @@
 // every process, so an invalidation is seen at the next read and survives
 // restarts (docs/format.md).
 //
+// The store manages its size: the map starts at 1 MiB and grows as needed up
+// to max_size; at max_size, writes evict expired entries first, then the
+// least recently written, across all regions of the directory. A write that
+// cannot fit (above half of max_size, or still too big after eviction) fails
+// with kFull (CacheFull at the Region API). Regions' usage counters, and the
+// evictions, are kept in the directory for every process to read
+// (docs/format.md, "LMDB store layout").
+//
 // Registry name "lmdb"; arguments: path, region, max_size, max_regions,
 // max_readers, durability.
 //
@@ -40,7 +48,9 @@ struct LmdbOptions {
   // Sub-database holding this backend's entries.
   // Default: "default".
   std::string region = "default";
-  // The most the store may hold (the size of its memory map).
+  // The most the store may hold: the largest its memory map (and data.mdb)
+  // grows to before writes evict entries. Fixed by the first opener of a
+  // directory in each process.
   // Default: 1 GiB.
   std::uint64_t max_size = std::uint64_t{1} << 30;
   // Most named sub-databases (regions) the environment can hold; fixed by the

@@ -91,9 +91,16 @@ struct RegionOptions {
   // Default: the backend's stored stamps (Backend::invalidation_strategy).
   std::shared_ptr<InvalidationStrategy> invalidation;
   // Receives corruption and store-error reports, at most once per key per
-  // minute.
+  // minute (a full store: once per region).
   // Default: writes to stderr.
   Logger logger;
+  // The region adds its counters to the backend's shared statistics
+  // (Backend::add_usage; for lmdb, one write transaction in the cache
+  // directory) at most this often, checked at each operation, and when it is
+  // destroyed or flush_stats() is called. Zero publishes after every
+  // operation.
+  // Default: 1 s.
+  Duration stats_interval = std::chrono::seconds(1);
 };
 
 // Per-call overrides of get.

@@ -56,6 +56,8 @@ class ProxyBackend : public Backend {
   Status set_multi(std::span<const KeyValue> items) override;
   Status erase_multi(std::span<const std::string> keys) override;
   std::unique_ptr<CreationMutex> get_mutex(std::string_view key) override;
+  // Usage counts belong to the store: forwarded unchanged.
+  void add_usage(const UsageCounters& delta) noexcept override;
   // The inner backend's name: a proxy stores nothing itself.
   std::string_view name() const noexcept override;
   // The inner backend's, so a wrapped lmdb backend keeps sharing its

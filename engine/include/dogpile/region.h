@@ -42,6 +42,7 @@
 #include "dogpile/creation_mutex.h"
 #include "dogpile/error.h"
 #include "dogpile/options.h"
+#include "dogpile/usage_counters.h"
 
 namespace dogpile {
 
@@ -95,6 +96,7 @@ class Region {
   //   cache.wait_for_fresh           boolean
   //   cache.serve_stale_on_error     boolean
   //   cache.max_concurrent_creations integer
+  //   cache.stats_interval           duration
   //   cache.arguments.<name>         the backend's arguments
   //   cache.wrap, cache.wrap.<proxy>.<option>  a proxy chain (see wrap_from_config)
   // Any other key under the prefix, a bad value or an unknown backend
@@ -169,6 +171,9 @@ class Region {
   bool key_is_locked(std::string_view key);
 
   RegionStats stats() const noexcept;
+  // Adds the counters not yet published to the backend's shared statistics
+  // now (see RegionOptions::stats_interval); the destructor does it too.
+  void flush_stats() noexcept;
   const RegionOptions& options() const noexcept { return options_; }
   // The backend; throws RegionNotConfigured before configure().
   Backend& backend();
@@ -188,6 +193,30 @@ class Region {
         corruptions{0}, mismatches{0}, creation_failures{0}, lock_waits{0}, lock_wait_ns{0},
         lock_timeouts{0}, lock_errors{0}, store_errors{0};
   };
+
+  // Publishes the counters when stats_interval has passed; constructed at
+  // the start of every public operation, it runs when the operation ends.
+  class OperationScope {
+   public:
+    explicit OperationScope(Region& region) noexcept : region_(region) {
+      region_.begin_operation();
+    }
+    OperationScope(const OperationScope&) = delete;
+    OperationScope& operator=(const OperationScope&) = delete;
+    ~OperationScope() { region_.maybe_publish_stats(); }
+
+   private:
+    Region& region_;
+  };
+  // In a fork()ed child's first operation, leaves the counts from before
+  // the fork to the parent: one relaxed load otherwise.
+  void begin_operation() noexcept;
+  void maybe_publish_stats() noexcept;
+  // Publishes what changed since the last time; `force` waits for a
+  // publication running in another thread instead of leaving it the work.
+  void publish_stats(bool force) noexcept;
+  // Logs a full store once per region.
+  void note_full(const Status& status);
 
   std::string mangle(std::string_view key) const;
   void require_configured() const;
@@ -270,6 +299,14 @@ class Region {
   std::mutex jobs_mu_;
   std::condition_variable jobs_done_;
   std::size_t pending_jobs_ = 0;  // guarded by jobs_mu_; the destructor waits for 0
+  // Statistics publication: steady-clock time (ns) of the next one, and what
+  // the backend has been given so far.
+  std::atomic<std::int64_t> next_publish_ns_{0};
+  std::mutex publish_mu_;
+  UsageCounters published_;  // guarded by publish_mu_
+  // fork() generation published_ belongs to (see begin_operation).
+  std::atomic<std::uint64_t> publish_generation_{0};
+  std::atomic<bool> full_logged_{false};
 };
 
 // ---- implementation ----
@@ -336,6 +373,7 @@ Status Region::encode_into(std::vector<KeyValue>& out, std::string stored_key, c
 
 template <RegisteredType T>
 std::optional<T> Region::get(std::string_view key, const GetOptions& call) {
+  OperationScope operation(*this);
   std::optional<T> value;
   const State state = lookup<T>(mangle(key), call, value);
   if (state == State::kFresh) {
@@ -348,6 +386,7 @@ std::optional<T> Region::get(std::string_view key, const GetOptions& call) {
 
 template <RegisteredType T>
 std::optional<CachedValue<T>> Region::get_value(std::string_view key, const GetOptions& call) {
+  OperationScope operation(*this);
   std::optional<T> value;
   Metadata meta;
   const State state = lookup<T>(mangle(key), call, value, &meta);
@@ -362,6 +401,7 @@ std::optional<CachedValue<T>> Region::get_value(std::string_view key, const GetO
 template <RegisteredType T>
 void Region::set(std::string_view key, const T& value, const SetOptions& options) {
   static_assert(std::is_default_constructible_v<T>, "cached types must be default-constructible");
+  OperationScope operation(*this);
   const std::string stored_key = mangle(key);
   std::string envelope;
   if (Status s = encode_entry(stored_key, value, options.ttl, envelope); !s) throw Error(s);
@@ -409,7 +449,10 @@ T Region::create_and_store(const std::string& stored_key, Creator& creator,
   } else {
     s = store(stored_key, envelope);
   }
-  if (!s) report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
+  // A full store was logged once for the region by store().
+  if (!s && s.code() != StatusCode::kFull) {
+    report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
+  }
   return std::move(value);
 }
 
@@ -417,6 +460,7 @@ template <RegisteredType T, class Creator>
 T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOptions<T>& options) {
   static_assert(std::is_convertible_v<std::invoke_result_t<Creator&>, T>,
                 "the creator must return a value convertible to T");
+  OperationScope operation(*this);
   const std::string stored_key = mangle(key);
   const GetOptions call = options.read_options();
   std::optional<T> value;
@@ -487,6 +531,7 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
 template <RegisteredType T>
 std::vector<std::optional<T>> Region::get_multi(std::span<const std::string> keys,
                                                 const GetOptions& call) {
+  OperationScope operation(*this);
   std::vector<std::optional<T>> values;
   const std::vector<State> states = lookup_multi<T>(mangle_all(keys), call, values);
   for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -503,6 +548,7 @@ std::vector<std::optional<T>> Region::get_multi(std::span<const std::string> key
 template <RegisteredType T>
 void Region::set_multi(std::span<const std::pair<std::string, T>> items,
                        const SetOptions& options) {
+  OperationScope operation(*this);
   std::vector<KeyValue> encoded;
   encoded.reserve(items.size());
   for (const auto& [key, value] : items) {
@@ -518,6 +564,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
       std::is_convertible_v<std::invoke_result_t<Creator&, std::span<const std::string>>,
                             std::vector<T>>,
       "the creator must take std::span<const std::string> and return std::vector<T>");
+  OperationScope operation(*this);
   const GetOptions call = options.read_options();
   const std::vector<std::string> stored = mangle_all(keys);
   std::vector<std::optional<T>> values;

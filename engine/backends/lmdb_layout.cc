@@ -1,0 +1,564 @@
+#include "backends/lmdb_layout.h"
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <map>
+
+#include "backends/lmdb_env.h"
+
+namespace dogpile::internal {
+namespace {
+
+static_assert(kMaxInlineKeySize + 1 <= 511, "a tagged inline key must fit LMDB's key limit");
+
+constexpr std::string_view kSeqKey = "seq";
+constexpr std::string_view kStatsPrefix = "stats:";
+constexpr std::size_t kUsageCounterCount = 8;
+
+// ---- byte helpers ----
+
+void put_le64(char* p, std::uint64_t v) noexcept {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+std::uint64_t get_le64(const char* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+void put_be64(char* p, std::uint64_t v) noexcept {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * (7 - i))) & 0xff);
+}
+
+std::uint64_t get_be64(const char* p) noexcept {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+constexpr std::uint64_t kSignBit = std::uint64_t{1} << 63;
+
+// Signed nanoseconds in an order-preserving unsigned form.
+std::uint64_t bias(std::int64_t ns) noexcept { return static_cast<std::uint64_t>(ns) ^ kSignBit; }
+std::int64_t unbias(std::uint64_t v) noexcept { return static_cast<std::int64_t>(v ^ kSignBit); }
+
+MDB_val as_val(std::string_view bytes) noexcept {
+  return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
+}
+
+std::string_view as_view(const MDB_val& val) noexcept {
+  return {static_cast<const char*>(val.mv_data), val.mv_size};
+}
+
+std::array<char, 8> written_key(std::uint64_t seq) noexcept {
+  std::array<char, 8> key;
+  put_be64(key.data(), seq);
+  return key;
+}
+
+std::array<char, 16> expiry_key(std::int64_t expires_at_ns, std::uint64_t seq) noexcept {
+  std::array<char, 16> key;
+  put_be64(key.data(), bias(expires_at_ns));
+  put_be64(key.data() + 8, seq);
+  return key;
+}
+
+std::string index_value(std::uint32_t region_id, std::string_view stored_key) {
+  std::string out(4 + stored_key.size(), '\0');
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((region_id >> (8 * i)) & 0xff);
+  std::memcpy(out.data() + 4, stored_key.data(), stored_key.size());
+  return out;
+}
+
+// An LMDB failure in `txn`, naming the environment's directory.
+Status txn_status(MDB_txn* txn, int rc, std::string_view what) {
+  const char* path = nullptr;
+  if (mdb_env_get_path(mdb_txn_env(txn), &path) != MDB_SUCCESS || path == nullptr) path = "";
+  return lmdb_status(rc, what, path);
+}
+
+// Deletes `key` from `dbi`; an absent key is fine.
+Status del_if_present(MDB_txn* txn, MDB_dbi dbi, std::string_view key, std::string_view what) {
+  MDB_val k = as_val(key);
+  const int rc = mdb_del(txn, dbi, &k, nullptr);
+  if (rc == MDB_SUCCESS || rc == MDB_NOTFOUND) return Status::ok();
+  return txn_status(txn, rc, what);
+}
+
+// Removes the index entries of an entry with `header`.
+Status remove_index_entries(MDB_txn* txn, const StoreDbs& dbs, const EntryHeader& header) {
+  const auto written = written_key(header.seq);
+  if (Status s = del_if_present(txn, dbs.written, {written.data(), written.size()},
+                                "cannot update the write index");
+      !s) {
+    return s;
+  }
+  if (header.expires_at_ns == kNoExpiry) return Status::ok();
+  const auto expiry = expiry_key(header.expires_at_ns, header.seq);
+  return del_if_present(txn, dbs.expiry, {expiry.data(), expiry.size()},
+                        "cannot update the expiry index");
+}
+
+// The next write sequence, recorded in _meta.
+Status next_seq(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t& seq) {
+  MDB_val key = as_val(kSeqKey);
+  MDB_val data{};
+  const int rc = mdb_get(txn, dbs.meta, &key, &data);
+  std::uint64_t last = 0;
+  if (rc == MDB_SUCCESS) {
+    if (data.mv_size != 8) {
+      return Status::error(StatusCode::kCorruption, "bad seq record in _meta");
+    }
+    last = get_le64(static_cast<const char*>(data.mv_data));
+  } else if (rc != MDB_NOTFOUND) {
+    return txn_status(txn, rc, "cannot read the write sequence");
+  }
+  seq = last + 1;
+  char bytes[8];
+  put_le64(bytes, seq);
+  MDB_val value{sizeof bytes, bytes};
+  const int put = mdb_put(txn, dbs.meta, &key, &value, 0);
+  return put == MDB_SUCCESS ? Status::ok() : txn_status(txn, put, "cannot write the write sequence");
+}
+
+// Usage added per region name while entries are removed.
+using UsageByRegion = std::map<std::string, UsageCounters, std::less<>>;
+
+Status add_all_usage(MDB_txn* txn, const StoreDbs& dbs, const UsageByRegion& usage) {
+  for (const auto& [region, delta] : usage) {
+    if (Status s = add_usage(txn, dbs, region, delta); !s) return s;
+  }
+  return Status::ok();
+}
+
+enum class Removal { kExpired, kEvicted };
+
+// Follows the index entry `index_key` of `index_dbi` (value `value`, write
+// sequence `seq`) and removes the entry it names with all its index entries.
+// An index entry whose target is gone, or holds another write sequence, is
+// stale: only it is removed. `bytes` is the record bytes removed (0 for a
+// stale index entry).
+Status remove_indexed(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, MDB_dbi index_dbi,
+                      std::string_view index_key, std::string_view value, std::uint64_t seq,
+                      Removal why, UsageByRegion& usage, std::uint64_t& bytes) {
+  bytes = 0;
+  // Copies: the views point into pages the deletions below may change.
+  const std::string key_copy(index_key);
+  const std::string value_copy(value);
+  IndexTarget target;
+  std::optional<RegionRef> region;
+  if (split_index_value(value_copy, target)) {
+    if (Status s = env.region_by_id(txn, target.region_id, region); !s) return s;
+  }
+  if (region) {
+    MDB_val k = as_val(target.stored_key);
+    MDB_val record{};
+    const int rc = mdb_get(txn, region->dbi, &k, &record);
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read an entry");
+    EntryHeader header;
+    std::string_view envelope;
+    if (rc == MDB_SUCCESS && split_entry(as_view(record), header, envelope) && header.seq == seq) {
+      bytes = record.mv_size;
+      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+      const int del = mdb_del(txn, region->dbi, &k, nullptr);
+      if (del != MDB_SUCCESS) return txn_status(txn, del, "cannot remove an entry");
+      UsageCounters& counters = usage[region->name];
+      ++(why == Removal::kExpired ? counters.expired_purged : counters.evictions);
+      return Status::ok();
+    }
+  }
+  return del_if_present(txn, index_dbi, key_copy, "cannot remove a stale index entry");
+}
+
+// The first entry of an index, or false when it is empty.
+Status first_of(MDB_cursor* cursor, MDB_txn* txn, MDB_val& key, MDB_val& value, bool& found) {
+  const int rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST);
+  found = rc == MDB_SUCCESS;
+  if (rc == MDB_SUCCESS || rc == MDB_NOTFOUND) return Status::ok();
+  return txn_status(txn, rc, "cannot read an index");
+}
+
+// Closes a cursor on every path.
+class Cursor {
+ public:
+  Cursor() noexcept = default;
+  Cursor(const Cursor&) = delete;
+  Cursor& operator=(const Cursor&) = delete;
+  ~Cursor() {
+    if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+  }
+  Status open(MDB_txn* txn, MDB_dbi dbi) {
+    const int rc = mdb_cursor_open(txn, dbi, &cursor_);
+    return rc == MDB_SUCCESS ? Status::ok() : txn_status(txn, rc, "cannot open a cursor");
+  }
+  MDB_cursor* get() const noexcept { return cursor_; }
+
+ private:
+  MDB_cursor* cursor_ = nullptr;
+};
+
+// Removes expired entries, soonest first, while `keep_going` allows; the
+// first index entry is looked up again after every removal, one B-tree
+// descent each. `stopped` says the step limit ended it with work left.
+template <class KeepGoing>
+Status remove_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
+                      std::uint64_t max_steps, std::uint64_t& steps, KeepGoing keep_going,
+                      UsageByRegion& usage, RemovalStep& out) {
+  Cursor cursor;
+  if (Status s = cursor.open(txn, dbs.expiry); !s) return s;
+  for (;;) {
+    MDB_val key{};
+    MDB_val value{};
+    bool found = false;
+    if (Status s = first_of(cursor.get(), txn, key, value, found); !s) return s;
+    std::int64_t expires_at = 0;
+    std::uint64_t seq = 0;
+    if (!found) return Status::ok();
+    const bool well_formed = split_expiry_key(as_view(key), expires_at, seq);
+    if (well_formed && expires_at > now_ns) return Status::ok();
+    if (!keep_going()) return Status::ok();
+    if (steps >= max_steps) {
+      out.more = true;
+      return Status::ok();
+    }
+    ++steps;
+    std::uint64_t bytes = 0;
+    if (Status s = remove_indexed(env, txn, dbs, dbs.expiry, as_view(key), as_view(value),
+                                  well_formed ? seq : 0, Removal::kExpired, usage, bytes);
+        !s) {
+      return s;
+    }
+    if (bytes != 0) {
+      ++out.removed;
+      out.bytes += bytes;
+    }
+  }
+}
+
+}  // namespace
+
+// ---- stored keys ----
+
+StoredKey::StoredKey(std::string_view key) noexcept {
+  if (key.size() <= kMaxInlineKeySize) {
+    bytes_[0] = kInlineTag;
+    if (!key.empty()) std::memcpy(bytes_.data() + 1, key.data(), key.size());
+    size_ = 1 + key.size();
+  } else {
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits(key.data(), key.size()));
+    bytes_[0] = kHashTag;
+    std::memcpy(bytes_.data() + 1, canonical.digest, sizeof canonical.digest);
+    size_ = 1 + sizeof canonical.digest;
+  }
+}
+
+std::optional<std::string> user_key(std::string_view stored_key, std::string_view envelope) {
+  if (stored_key.empty()) return std::nullopt;
+  if (stored_key.front() == kInlineTag) return std::string(stored_key.substr(1));
+  if (stored_key.front() != kHashTag) return std::nullopt;
+  EnvelopeView view;
+  if (decode_envelope(envelope, static_cast<std::size_t>(-1), view) != DecodeStatus::kOk ||
+      !view.full_key) {
+    return std::nullopt;
+  }
+  return std::string(*view.full_key);
+}
+
+std::string printable_stored_key(std::string_view stored_key) {
+  if (!stored_key.empty() && stored_key.front() == kInlineTag) {
+    return std::string(stored_key.substr(1));
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "#";
+  for (unsigned char c : stored_key.substr(stored_key.empty() ? 0 : 1)) {
+    out += kHex[c >> 4];
+    out += kHex[c & 0xf];
+  }
+  return out;
+}
+
+// ---- entry records ----
+
+bool split_entry(std::string_view record, EntryHeader& header, std::string_view& envelope) noexcept {
+  if (record.size() < kEntryHeaderSize) return false;
+  header.seq = get_le64(record.data());
+  header.expires_at_ns = static_cast<std::int64_t>(get_le64(record.data() + 8));
+  envelope = record.substr(kEntryHeaderSize);
+  return true;
+}
+
+std::int64_t envelope_expiry(std::string_view value) noexcept {
+  if (value.size() < kEnvelopeHeaderSize + kEnvelopeTrailerSize) return kNoExpiry;
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(value[i]); };
+  const std::uint32_t magic = std::uint32_t{byte(0)} | std::uint32_t{byte(1)} << 8 |
+                              std::uint32_t{byte(2)} << 16 | std::uint32_t{byte(3)} << 24;
+  if (magic != kEnvelopeMagic || byte(4) != kEnvelopeFormatVersion) return kNoExpiry;
+  const unsigned flags = byte(6) | unsigned{byte(7)} << 8;
+  constexpr unsigned kExpiresFlag = 1;
+  constexpr unsigned kKnownFlags = 3;
+  if ((flags & ~kKnownFlags) != 0 || (flags & kExpiresFlag) == 0) return kNoExpiry;
+  return static_cast<std::int64_t>(get_le64(value.data() + 32));
+}
+
+// ---- index records ----
+
+bool split_index_value(std::string_view value, IndexTarget& out) noexcept {
+  if (value.size() < 5) return false;
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(value[i]); };
+  out.region_id = std::uint32_t{byte(0)} | std::uint32_t{byte(1)} << 8 |
+                  std::uint32_t{byte(2)} << 16 | std::uint32_t{byte(3)} << 24;
+  out.stored_key = value.substr(4);
+  return true;
+}
+
+bool split_written_key(std::string_view key, std::uint64_t& seq) noexcept {
+  if (key.size() != 8) return false;
+  seq = get_be64(key.data());
+  return true;
+}
+
+bool split_expiry_key(std::string_view key, std::int64_t& expires_at_ns,
+                      std::uint64_t& seq) noexcept {
+  if (key.size() != 16) return false;
+  expires_at_ns = unbias(get_be64(key.data()));
+  seq = get_be64(key.data() + 8);
+  return true;
+}
+
+// ---- the store's own tables ----
+
+Status list_regions(LmdbEnv& env, std::vector<RegionRef>& out) { return env.list_regions(out); }
+
+Status find_region(LmdbEnv& env, std::string_view name, std::optional<RegionRef>& out) {
+  return env.find_region(name, out);
+}
+
+// ---- writes ----
+
+Status put_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
+                 std::string_view stored_key, std::string_view value) {
+  MDB_val key = as_val(stored_key);
+  MDB_val old{};
+  const int rc = mdb_get(txn, region.dbi, &key, &old);
+  if (rc == MDB_SUCCESS) {
+    EntryHeader header;
+    std::string_view envelope;
+    if (split_entry(as_view(old), header, envelope)) {
+      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+    }
+  } else if (rc != MDB_NOTFOUND) {
+    return txn_status(txn, rc, "cannot read an entry");
+  }
+
+  EntryHeader header;
+  if (Status s = next_seq(txn, dbs, header.seq); !s) return s;
+  header.expires_at_ns = envelope_expiry(value);
+
+  // MDB_RESERVE: the record is assembled in place, one copy of the value.
+  MDB_val record{kEntryHeaderSize + value.size(), nullptr};
+  if (const int r = mdb_put(txn, region.dbi, &key, &record, MDB_RESERVE); r != MDB_SUCCESS) {
+    return txn_status(txn, r, "cannot write");
+  }
+  char* out = static_cast<char*>(record.mv_data);
+  put_le64(out, header.seq);
+  put_le64(out + 8, static_cast<std::uint64_t>(header.expires_at_ns));
+  if (!value.empty()) std::memcpy(out + kEntryHeaderSize, value.data(), value.size());
+
+  const std::string target = index_value(region.id, stored_key);
+  MDB_val target_val = as_val(target);
+  auto written = written_key(header.seq);
+  MDB_val written_val{written.size(), written.data()};
+  if (const int r = mdb_put(txn, dbs.written, &written_val, &target_val, 0); r != MDB_SUCCESS) {
+    return txn_status(txn, r, "cannot update the write index");
+  }
+  if (header.expires_at_ns != kNoExpiry) {
+    auto expiry = expiry_key(header.expires_at_ns, header.seq);
+    MDB_val expiry_val{expiry.size(), expiry.data()};
+    if (const int r = mdb_put(txn, dbs.expiry, &expiry_val, &target_val, 0); r != MDB_SUCCESS) {
+      return txn_status(txn, r, "cannot update the expiry index");
+    }
+  }
+  return Status::ok();
+}
+
+Status erase_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
+                   std::string_view stored_key, bool& erased) {
+  erased = false;
+  MDB_val key = as_val(stored_key);
+  MDB_val record{};
+  const int rc = mdb_get(txn, region.dbi, &key, &record);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read an entry");
+  EntryHeader header;
+  std::string_view envelope;
+  if (split_entry(as_view(record), header, envelope)) {
+    if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+  }
+  if (const int r = mdb_del(txn, region.dbi, &key, nullptr); r != MDB_SUCCESS) {
+    return txn_status(txn, r, "cannot erase");
+  }
+  erased = true;
+  return Status::ok();
+}
+
+Status purge_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
+                     std::uint64_t limit, RemovalStep& out) {
+  out = RemovalStep{};
+  UsageByRegion usage;
+  std::uint64_t steps = 0;
+  if (Status s = remove_expired(
+          env, txn, dbs, now_ns, limit, steps, [] { return true; }, usage, out);
+      !s) {
+    return s;
+  }
+  return add_all_usage(txn, dbs, usage);
+}
+
+Status evict(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
+             std::uint64_t bytes_to_free, RemovalStep& out) {
+  return evict(env, txn, dbs, now_ns, bytes_to_free, std::numeric_limits<std::uint64_t>::max(),
+               out);
+}
+
+Status evict(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
+             std::uint64_t bytes_to_free, std::uint64_t max_entries, RemovalStep& out) {
+  out = RemovalStep{};
+  UsageByRegion usage;
+  std::uint64_t steps = 0;
+  const auto short_of_target = [&] { return out.bytes < bytes_to_free; };
+  if (Status s = remove_expired(env, txn, dbs, now_ns, max_entries, steps, short_of_target, usage,
+                                out);
+      !s) {
+    return s;
+  }
+  // Then the least recently written: the first entries of _written.
+  if (!out.more && short_of_target()) {
+    Cursor cursor;
+    if (Status s = cursor.open(txn, dbs.written); !s) return s;
+    while (short_of_target()) {
+      MDB_val key{};
+      MDB_val value{};
+      bool found = false;
+      if (Status s = first_of(cursor.get(), txn, key, value, found); !s) return s;
+      if (!found) break;
+      if (steps >= max_entries) {
+        out.more = true;
+        break;
+      }
+      ++steps;
+      std::uint64_t seq = 0;
+      const bool well_formed = split_written_key(as_view(key), seq);
+      std::uint64_t bytes = 0;
+      if (Status s = remove_indexed(env, txn, dbs, dbs.written, as_view(key), as_view(value),
+                                    well_formed ? seq : 0, Removal::kEvicted, usage, bytes);
+          !s) {
+        return s;
+      }
+      if (bytes != 0) {
+        ++out.removed;
+        out.bytes += bytes;
+      }
+    }
+  }
+  return add_all_usage(txn, dbs, usage);
+}
+
+Status clear_region(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
+                    std::uint64_t limit, RemovalStep& out) {
+  out = RemovalStep{};
+  Cursor cursor;
+  if (Status s = cursor.open(txn, region.dbi); !s) return s;
+  for (;;) {
+    MDB_val key{};
+    MDB_val record{};
+    bool found = false;
+    if (Status s = first_of(cursor.get(), txn, key, record, found); !s) return s;
+    if (!found) return Status::ok();
+    if (out.removed >= limit) {
+      out.more = true;
+      return Status::ok();
+    }
+    EntryHeader header;
+    std::string_view envelope;
+    const std::uint64_t bytes = record.mv_size;
+    if (split_entry(as_view(record), header, envelope)) {
+      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+    }
+    // The index deletions did not touch this database: the cursor still
+    // stands on the entry.
+    if (const int rc = mdb_cursor_del(cursor.get(), 0); rc != MDB_SUCCESS) {
+      return txn_status(txn, rc, "cannot remove an entry");
+    }
+    ++out.removed;
+    out.bytes += bytes;
+  }
+}
+
+// ---- usage counters ----
+
+namespace {
+
+std::string stats_key(std::string_view region) {
+  std::string key(kStatsPrefix);
+  key += region;
+  return key;
+}
+
+void counters_from(std::string_view record, UsageCounters& out) {
+  out = UsageCounters{};
+  std::uint64_t* fields[kUsageCounterCount] = {&out.hits,        &out.misses,
+                                               &out.stale_served, &out.creations,
+                                               &out.corruptions,  &out.mismatches,
+                                               &out.evictions,    &out.expired_purged};
+  for (std::size_t i = 0; i < kUsageCounterCount && 8 * (i + 1) <= record.size(); ++i) {
+    *fields[i] = get_le64(record.data() + 8 * i);
+  }
+}
+
+}  // namespace
+
+Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, UsageCounters& out) {
+  out = UsageCounters{};
+  const std::string key_bytes = stats_key(region);
+  MDB_val key = as_val(key_bytes);
+  MDB_val data{};
+  const int rc = mdb_get(txn, dbs.meta, &key, &data);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read usage counters");
+  counters_from(as_view(data), out);
+  return Status::ok();
+}
+
+Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
+                 const UsageCounters& delta) {
+  if (delta.empty()) return Status::ok();
+  const std::string key_bytes = stats_key(region);
+  MDB_val key = as_val(key_bytes);
+  MDB_val data{};
+  const int rc = mdb_get(txn, dbs.meta, &key, &data);
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) {
+    return txn_status(txn, rc, "cannot read usage counters");
+  }
+  UsageCounters sum;
+  std::string record(8 * kUsageCounterCount, '\0');
+  if (rc == MDB_SUCCESS) {
+    const std::string_view old = as_view(data);
+    counters_from(old, sum);
+    // Counters a newer layout appended are kept as they are.
+    if (old.size() > record.size()) record.append(old.substr(record.size()));
+  }
+  sum += delta;
+  const std::uint64_t fields[kUsageCounterCount] = {sum.hits,        sum.misses,
+                                                    sum.stale_served, sum.creations,
+                                                    sum.corruptions,  sum.mismatches,
+                                                    sum.evictions,    sum.expired_purged};
+  for (std::size_t i = 0; i < kUsageCounterCount; ++i) put_le64(record.data() + 8 * i, fields[i]);
+  MDB_val value = as_val(record);
+  const int put = mdb_put(txn, dbs.meta, &key, &value, 0);
+  return put == MDB_SUCCESS ? Status::ok() : txn_status(txn, put, "cannot write usage counters");
+}
+
+}  // namespace dogpile::internal
