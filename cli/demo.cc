@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dogpile/dogpile.h"
+#include "strf.h"
 
 namespace dogpile {
 namespace {
@@ -76,22 +77,7 @@ struct CallRecord {
 };
 static_assert(std::is_trivially_copyable_v<CallRecord>);
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 1, 2)))
-#endif
-std::string
-strf(const char* format, ...) {
-  va_list args;
-  va_start(args, format);
-  va_list again;
-  va_copy(again, args);
-  const int size = std::vsnprintf(nullptr, 0, format, args);
-  va_end(args);
-  std::string text(size > 0 ? static_cast<std::size_t>(size) : 0, '\0');
-  if (size > 0) std::vsnprintf(text.data(), text.size() + 1, format, again);
-  va_end(again);
-  return text;
-}
+using cli::strf;
 
 std::string key_name(int index, int keys) {
   const int width = static_cast<int>(std::to_string(std::max(keys - 1, 0)).size());
@@ -400,7 +386,8 @@ CodecRow measure_codec(const std::string& sample, CodecId codec, const T& value,
   return row;
 }
 
-void print_codec_table(std::ostream& out, std::vector<std::string>& failures) {
+void print_codec_table(std::ostream& out, std::vector<std::string>& failures,
+                       std::vector<DemoCodecResult>& results) {
   const SampleRecord record = make_sample_record();
   const std::string text(1024, 'x');
   const std::string record_label = "record (1,000 int64, 20 map)";
@@ -414,6 +401,10 @@ void print_codec_table(std::ostream& out, std::vector<std::string>& failures) {
   for (CodecId codec :
        {CodecId::kRaw, CodecId::kBinary, CodecId::kPortableBinary, CodecId::kJson}) {
     rows.push_back(measure_codec(text_label, codec, text, failures));
+  }
+  for (const CodecRow& row : rows) {
+    results.push_back({row.sample, std::string(codec_name(row.codec)), row.supported,
+                       row.payload_size, row.stored_size, row.encode_us, row.decode_us});
   }
 
   out << "\nCodecs: median time of " << kCodecIterations
@@ -438,11 +429,14 @@ void print_codec_table(std::ostream& out, std::vector<std::string>& failures) {
 
 }  // namespace
 
-int run_demo(const DemoOptions& options, std::ostream& out) {
+int run_demo(const DemoOptions& options, std::ostream& out, DemoReport* report) {
+  DemoReport unused;
+  DemoReport& result_report = report != nullptr ? *report : unused;
   std::string dir = options.dir;
   if (dir.empty()) throw_if_error(default_cache_dir(dir));
   // Checked here, in this process, so a bad path is reported once with its name.
   throw_if_error(ensure_cache_dir(dir));
+  result_report.dir = dir;
 
   out << strf("dogpile demo: %d worker processes ask for the same %d keys; a creator takes %d ms\n",
               options.workers, options.keys, options.create_ms)
@@ -476,6 +470,7 @@ int run_demo(const DemoOptions& options, std::ostream& out) {
     close_fd(report.read_fd);
     const ChildExit exit = wait_child(pid);
     if (!exit.ok || present.size() != tally.size()) {
+      result_report.failures.push_back("the setup process " + exit.text + "; the demo did not run");
       out << "FAILED: the setup process " << exit.text << "; the demo did not run\n";
       return exit.code == kWorkerCacheError ? kWorkerCacheError : 1;
     }
@@ -483,6 +478,7 @@ int run_demo(const DemoOptions& options, std::ostream& out) {
   }
   const int present_before = static_cast<int>(std::count_if(
       tally.begin(), tally.end(), [](const KeyTally& t) { return t.present_before; }));
+  result_report.present_before = present_before;
   if (options.fresh) out << "--fresh: erased the demo's keys first\n";
   out << strf("%d of %d keys already in the cache before the run\n\n", present_before,
               options.keys);
@@ -539,6 +535,8 @@ int run_demo(const DemoOptions& options, std::ostream& out) {
     const double saved_s = seconds_of_creators(t.calls - t.creations, options.create_ms);
     out << strf("%-10s %9d %6d %6d %s %18.2f s\n", key.c_str(), t.creations, t.hits, t.waits,
                 pad_left(duration_text(t.longest_ns), 14).c_str(), saved_s);
+    result_report.keys.push_back(
+        {key, t.present_before, t.creations, t.hits, t.waits, t.longest_ns, saved_s});
     calls += t.calls;
     creations += t.creations;
     hits += t.hits;
@@ -585,7 +583,16 @@ int run_demo(const DemoOptions& options, std::ostream& out) {
   }
   out.flush();
 
-  print_codec_table(out, failures);
+  result_report.calls = calls;
+  result_report.creations = creations;
+  result_report.hits = hits;
+  result_report.waits = waits;
+  result_report.creator_time_saved_s = saved_total_s;
+  result_report.wall_s = wall_ns / 1e9;
+  result_report.uncached_wall_s = uncached_wall_s;
+
+  print_codec_table(out, failures, result_report.codecs);
+  result_report.failures = failures;
 
   if (failures.empty()) {
     out << "\nchecks: all passed\n";

@@ -10,6 +10,7 @@
 #include <cereal/types/map.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <ostream>
@@ -28,11 +29,50 @@ struct DemoOptions {
   bool fresh = false;   // erase the demo's keys before the run
 };
 
-// Runs the demo, writing its report to `out`. Returns 0 when every check
-// passed, 1 when a check failed (the report says which), 3 when a worker
-// process hit a cache error (its message is on stderr). Throws dogpile::Error
-// for a cache error in this process (e.g. `dir` is not a directory).
-int run_demo(const DemoOptions& options, std::ostream& out);
+// One key's row of the demo's table.
+struct DemoKeyResult {
+  std::string key;
+  bool present_before = false;  // cached before the run
+  int creations = 0;            // calls that ran the creator
+  int hits = 0;                 // calls served at once
+  int waits = 0;                // calls that waited for another process's creator
+  std::int64_t longest_call_ns = 0;
+  double creator_time_saved_s = 0;
+};
+
+// One sample's size and speed under one codec.
+struct DemoCodecResult {
+  std::string sample;
+  std::string codec;
+  bool supported = false;  // the codec can carry the sample's type
+  std::size_t payload_size = 0;
+  std::size_t stored_size = 0;
+  double encode_us = 0;  // median
+  double decode_us = 0;  // median
+};
+
+// Everything the demo's text report shows, as values (`dogpile demo --json`).
+struct DemoReport {
+  std::string dir;
+  int present_before = 0;  // keys cached before the run
+  std::vector<DemoKeyResult> keys;
+  int calls = 0;
+  int creations = 0;
+  int hits = 0;
+  int waits = 0;
+  double creator_time_saved_s = 0;
+  double wall_s = 0;           // the workers' run, measured
+  double uncached_wall_s = 0;  // one worker running every creator back to back
+  std::vector<DemoCodecResult> codecs;
+  std::vector<std::string> failures;  // failed checks; empty when all passed
+};
+
+// Runs the demo, writing its report to `out`, and its results to `report`
+// when given. Returns 0 when every check passed, 1 when a check failed (the
+// report says which), 3 when a worker process hit a cache error (its message
+// is on stderr). Throws dogpile::Error for a cache error in this process
+// (e.g. `dir` is not a directory).
+int run_demo(const DemoOptions& options, std::ostream& out, DemoReport* report = nullptr);
 
 // A record of the mixed shape caches tend to hold: a name, a numeric series
 // and a small table.

@@ -1,12 +1,14 @@
-// dogpile: the command-line tool. Parses arguments and maps outcomes to exit
-// codes: 0 ok, 1 a demo check failed, 2 usage error, 3 cache error.
+// dogpile: the command-line tool. Parses arguments, runs the chosen
+// subcommand and maps outcomes to exit codes: 0 ok, 1 not found or a miss,
+// 2 usage error, 3 cache error.
 #include <CLI/CLI.hpp>
 #include <exception>
+#include <functional>
 #include <iostream>
 #include <string>
 
-#include "demo.h"
-#include "dogpile/error.h"
+#include "commands.h"
+#include "exec.h"
 
 #ifndef DOGPILE_VERSION
 #error "DOGPILE_VERSION must be defined by the build (cli/meson.build)"
@@ -14,9 +16,22 @@
 
 namespace {
 
-constexpr int kExitUsage = 2;
-constexpr int kExitCacheError = 3;
-constexpr int kExitFailed = 1;
+namespace cli = dogpile::cli;
+
+constexpr const char* kFooter =
+    "Every subcommand takes --dir DIR (default: $DOGPILE_DIR, else $XDG_CACHE_HOME/dogpile,\n"
+    "else ~/.cache/dogpile) and --json (one JSON document on stdout), and has --help.\n"
+    "\n"
+    "Exit status:\n"
+    "  0  success\n"
+    "  1  not found: no such key or region, a cache miss, a failed demo check\n"
+    "  2  usage error: unknown option, bad value, missing argument\n"
+    "  3  cache error: missing or unusable cache directory, corrupt entry, verify\n"
+    "     found problems, I/O error\n"
+    "dogpile exec exits with the status of the command it runs or replays.\n"
+    "\n"
+    "Example:\n"
+    "  dogpile stats && dogpile ls --limit 10";
 
 }  // namespace
 
@@ -27,43 +42,46 @@ int main(int argc, char** argv) {
                        "Print the version and exit");
   app.require_subcommand(1);
 
-  dogpile::DemoOptions demo;
-  CLI::App* demo_cmd = app.add_subcommand(
-      "demo",
-      "Fork worker processes that all ask one on-disk cache for the same keys; show that each "
-      "value is created once, what the cache saved, and each codec's size and speed");
-  demo_cmd->add_option("--dir", demo.dir,
-                       "Cache directory (default: $DOGPILE_DIR, else $XDG_CACHE_HOME/dogpile, "
-                       "else ~/.cache/dogpile)");
-  demo_cmd->add_option("--workers", demo.workers, "Worker processes")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 256));
-  demo_cmd->add_option("--keys", demo.keys, "Keys every worker asks for")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
-  demo_cmd->add_option("--create-ms", demo.create_ms, "Milliseconds one creator call takes")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 600000));
-  demo_cmd->add_flag("--fresh", demo.fresh, "Erase the demo's keys first");
+  // The chosen subcommand's work, set by its parse callback.
+  std::function<int()> run;
+  cli::add_stats_command(app, run);
+  cli::add_ls_command(app, run);
+  cli::add_get_command(app, run);
+  cli::add_rm_command(app, run);
+  cli::add_purge_command(app, run);
+  cli::add_clear_command(app, run);
+  cli::add_invalidate_command(app, run);
+  cli::add_verify_command(app, run);
+  cli::add_compact_command(app, run);
+  cli::add_exec_command(app, run);
+  cli::add_demo_command(app, run);
+  app.footer(kFooter);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     // CLI11's own codes for parse errors (100 and up) become the one usage code.
-    return code == 0 ? 0 : kExitUsage;
+    return code == 0 ? cli::kExitOk : cli::kExitUsage;
   }
+  if (!run) return cli::kExitUsage;
 
+  int code;
   try {
-    if (*demo_cmd) return dogpile::run_demo(demo, std::cout);
-  } catch (const dogpile::Error& e) {
-    std::cout.flush();
-    std::cerr << "dogpile: " << e.what() << "\n";
-    return kExitCacheError;
+    code = run();
   } catch (const std::exception& e) {
+    // dogpile::Error, and anything else that stops a command (fork, pipe,
+    // memory): a failure of the cache or the system, never a miss.
     std::cout.flush();
     std::cerr << "dogpile: " << e.what() << "\n";
-    return kExitFailed;
+    return cli::kExitCacheError;
   }
-  return kExitUsage;
+  // Output that could not be written (a full disk, a closed pipe with
+  // SIGPIPE ignored) must not look like success.
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "dogpile: error writing to standard output\n";
+    return cli::kExitCacheError;
+  }
+  return code;
 }

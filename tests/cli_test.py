@@ -6,6 +6,7 @@ Usage: cli_test.py path/to/dogpile [expected-version]
 Runs the binary as a user would: flags, exit codes, and `dogpile demo` on
 fresh temporary cache directories (never the user's own cache).
 """
+import json
 import os
 import re
 import subprocess
@@ -148,6 +149,23 @@ def main(argv):
         check("--fresh recreates every key",
               r.returncode == 0 and len(rows) == 5 and
               all(v["creations"] == 1 for v in rows.values()), show(r))
+
+        # --json: the same run as one JSON document.
+        json_dir = os.path.join(tmp, "json")
+        r = run(binary, ["demo", "--json", "--dir", json_dir] + demo_args, home=home)
+        try:
+            doc = json.loads(r.stdout)
+        except ValueError:
+            doc = None
+        check("demo --json prints one JSON document", r.returncode == 0 and doc is not None,
+              show(r))
+        if doc is not None:
+            check("demo --json reports one creation per key",
+                  len(doc["keys"]) == 5 and all(k["creations"] == 1 for k in doc["keys"]) and
+                  doc["total"]["calls"] == 20 and doc["failures"] == [], show(r))
+            check("demo --json lists the codecs",
+                  {c["codec"] for c in doc["codecs"]} ==
+                  {"raw", "binary", "portable_binary", "json"}, show(r))
 
         # A regular file where the directory should be: a cache error naming the path.
         not_a_dir = os.path.join(tmp, "regular-file")

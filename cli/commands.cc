@@ -1,0 +1,1435 @@
+#include "commands.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "demo.h"
+#include "dogpile/cache_dir.h"
+#include "dogpile/error.h"
+#include "dogpile/store.h"
+#include "strf.h"
+
+namespace dogpile::cli {
+namespace {
+
+// Progress bars appear only for caches this big; smaller ones finish before
+// a bar would be worth reading.
+constexpr std::uint64_t kProgressMinEntries = 5000;
+constexpr auto kProgressRedraw = std::chrono::milliseconds(100);
+constexpr std::size_t kProgressBarWidth = 30;
+// Payload JSON nested deeper than this is shown as text rather than parsed.
+constexpr int kMaxJsonDepth = 256;
+
+constexpr const char* kDirHelp =
+    "Cache directory (default: $DOGPILE_DIR, else $XDG_CACHE_HOME/dogpile, else "
+    "~/.cache/dogpile)";
+constexpr const char* kJsonHelp = "Print one JSON document on stdout instead of text";
+
+// ---------------------------------------------------------------------------
+// Text helpers
+
+
+std::string u64(std::uint64_t n) { return std::to_string(n); }
+
+// "1 entry", "2 entries".
+std::string count(std::uint64_t n, const char* one, const char* many) {
+  return u64(n) + " " + (n == 1 ? one : many);
+}
+
+// "512 B", "1.5 KiB", "1.0 GiB".
+std::string human_bytes(std::uint64_t n) {
+  if (n < 1024) return u64(n) + " B";
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double value = static_cast<double>(n) / 1024.0;
+  std::size_t unit = 0;
+  while (value >= 1024.0 && unit + 1 < std::size(kUnits)) {
+    value /= 1024.0;
+    ++unit;
+  }
+  return strf("%.1f %s", value, kUnits[unit]);
+}
+
+// ISO 8601 in UTC: "2024-05-01T12:00:00Z", with nanoseconds when
+// `fraction` is set and they are not zero.
+std::string iso8601(std::int64_t ns, bool fraction) {
+  constexpr std::int64_t kNsPerSecond = 1'000'000'000;
+  std::int64_t seconds = ns / kNsPerSecond;
+  std::int64_t rest = ns % kNsPerSecond;
+  if (rest < 0) {  // floor, for times before 1970
+    rest += kNsPerSecond;
+    --seconds;
+  }
+  const std::time_t t = static_cast<std::time_t>(seconds);
+  std::tm tm{};
+  if (::gmtime_r(&t, &tm) == nullptr) return strf("@%lld ns", static_cast<long long>(ns));
+  std::string text = strf("%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+                          tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+  if (fraction && rest != 0) text += strf(".%09lld", static_cast<long long>(rest));
+  return text + "Z";
+}
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Length of the well-formed UTF-8 sequence at s[i] (overlong forms,
+// surrogates and code points past U+10FFFF are not), 0 when there is none.
+std::size_t utf8_sequence(std::string_view s, std::size_t i, char32_t& cp) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char b0 = byte(i);
+  std::size_t length;
+  char32_t min;
+  if (b0 < 0x80) {
+    cp = b0;
+    return 1;
+  } else if ((b0 & 0xE0) == 0xC0) {
+    length = 2;
+    cp = b0 & 0x1F;
+    min = 0x80;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    length = 3;
+    cp = b0 & 0x0F;
+    min = 0x800;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    length = 4;
+    cp = b0 & 0x07;
+    min = 0x10000;
+  } else {
+    return 0;
+  }
+  if (s.size() - i < length) return 0;
+  for (std::size_t k = 1; k < length; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (byte(i + k) & 0x3F);
+  }
+  if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return length;
+}
+
+bool valid_utf8(std::string_view s) {
+  char32_t cp;
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8_sequence(s, i, cp);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
+bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp < 0xA0); }
+
+// A key as it can be printed on one line: printable characters as they are,
+// a backslash doubled, every other byte as \xNN.
+std::string printable(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  char32_t cp;
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8_sequence(s, i, cp);
+    if (n == 0 || is_control(cp)) {
+      out += strf("\\x%02x", static_cast<unsigned char>(s[i]));
+      ++i;
+      continue;
+    }
+    if (cp == '\\') out += '\\';
+    out.append(s.substr(i, n));
+    i += n;
+  }
+  return out;
+}
+
+std::string in_quotes(std::string_view s) { return "\"" + printable(s) + "\""; }
+
+// Whether bytes read well as text: UTF-8 with no control characters other
+// than tab, newline and carriage return.
+bool is_text(std::string_view s) {
+  char32_t cp;
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8_sequence(s, i, cp);
+    if (n == 0) return false;
+    if (is_control(cp) && cp != '\t' && cp != '\n' && cp != '\r') return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string to_hex(std::string_view s) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size() * 2);
+  for (const char c : s) {
+    const auto b = static_cast<unsigned char>(c);
+    out += kDigits[b >> 4];
+    out += kDigits[b & 0xF];
+  }
+  return out;
+}
+
+std::string type_tag_hex(std::uint64_t tag) {
+  return strf("0x%016llx", static_cast<unsigned long long>(tag));
+}
+
+// The layout of `hexdump -C`: offset, 16 bytes in two groups of 8, the
+// printable ASCII column; repeated lines collapse into "*"; the last line is
+// the length. Written to std::cout in pieces, so a large payload is not
+// held twice.
+void hexdump(std::string_view data) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  constexpr std::size_t kFlushAt = std::size_t{64} << 10;
+  std::string out;
+  std::string_view previous;
+  bool squeezed = false;
+  for (std::size_t offset = 0; offset < data.size(); offset += 16) {
+    const std::string_view line = data.substr(offset, 16);
+    if (offset > 0 && line.size() == 16 && line == previous) {
+      if (!squeezed) out += "*\n";
+      squeezed = true;
+      continue;
+    }
+    squeezed = false;
+    previous = line;
+    out += strf("%08zx  ", offset);
+    for (std::size_t i = 0; i < 16; ++i) {
+      if (i < line.size()) {
+        const auto b = static_cast<unsigned char>(line[i]);
+        out += kDigits[b >> 4];
+        out += kDigits[b & 0xF];
+        out += ' ';
+      } else {
+        out += "   ";
+      }
+      if (i == 7) out += ' ';
+    }
+    out += " |";
+    for (const char c : line) out += (c >= 0x20 && c < 0x7F) ? c : '.';
+    out += "|\n";
+    if (out.size() >= kFlushAt) {
+      std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
+      out.clear();
+    }
+  }
+  if (!data.empty()) out += strf("%08zx\n", data.size());
+  std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
+}
+
+// Columns in terminal cells, counting each UTF-8 code point as one.
+std::size_t columns(std::string_view s) {
+  std::size_t n = 0;
+  for (const char c : s) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+// Aligned columns, two spaces apart, no trailing blanks. A row with fewer
+// cells than the header ends in a cell that spans the remaining columns.
+class Table {
+ public:
+  // `align`: one 'l' or 'r' per column.
+  Table(std::vector<std::string> header, std::string align)
+      : align_(std::move(align)), widths_(header.size(), 0) {
+    add(std::move(header));
+  }
+
+  void add(std::vector<std::string> row) {
+    const bool spans = row.size() < widths_.size();
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      if (spans && i + 1 == row.size()) break;
+      widths_[i] = std::max(widths_[i], columns(row[i]));
+    }
+    rows_.push_back(std::move(row));
+  }
+
+  void print(std::string& out) const {
+    for (const std::vector<std::string>& row : rows_) {
+      const bool spans = row.size() < widths_.size();
+      std::string line;
+      for (std::size_t i = 0; i < row.size(); ++i) {
+        if (i > 0) line += "  ";
+        const bool last = i + 1 == row.size();
+        const std::size_t pad =
+            (spans && last) ? 0 : widths_[i] - std::min(widths_[i], columns(row[i]));
+        if (align_[i] == 'r') line.append(pad, ' ');
+        line += row[i];
+        if (align_[i] != 'r' && !last) line.append(pad, ' ');
+      }
+      while (!line.empty() && line.back() == ' ') line.pop_back();
+      out += line;
+      out += '\n';
+    }
+  }
+
+ private:
+  std::string align_;
+  std::vector<std::size_t> widths_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+// ---------------------------------------------------------------------------
+// JSON: output documents, and re-indenting JSON payloads.
+
+class Json {
+ public:
+  enum class Kind : std::uint8_t { kNull, kBool, kNumber, kString, kArray, kObject };
+
+  Json() = default;  // null
+  static Json boolean(bool b) {
+    Json j(Kind::kBool);
+    j.bool_ = b;
+    return j;
+  }
+  static Json number(std::uint64_t n) { return number_token(u64(n)); }
+  // `token` must be a valid JSON number.
+  static Json number_token(std::string token) {
+    Json j(Kind::kNumber);
+    j.text_ = std::move(token);
+    return j;
+  }
+  static Json string(std::string s) {
+    Json j(Kind::kString);
+    j.text_ = std::move(s);
+    return j;
+  }
+  static Json array() { return Json(Kind::kArray); }
+  static Json object() { return Json(Kind::kObject); }
+
+  // Appends a member (objects) or an element (arrays; the key is ignored).
+  Json& set(std::string key, Json value) {
+    keys_.push_back(std::move(key));
+    items_.push_back(std::move(value));
+    return *this;
+  }
+  Json& push(Json value) { return set({}, std::move(value)); }
+
+  // Two-space indentation, one member or element per line (Python's
+  // json.dumps(indent=2) layout).
+  void dump(std::string& out, int depth = 0) const {
+    switch (kind_) {
+      case Kind::kNull:
+        out += "null";
+        return;
+      case Kind::kBool:
+        out += bool_ ? "true" : "false";
+        return;
+      case Kind::kNumber:
+        out += text_;
+        return;
+      case Kind::kString:
+        escape(text_, out);
+        return;
+      case Kind::kArray:
+      case Kind::kObject:
+        break;
+    }
+    const bool object = kind_ == Kind::kObject;
+    if (items_.empty()) {
+      out += object ? "{}" : "[]";
+      return;
+    }
+    out += object ? '{' : '[';
+    for (std::size_t i = 0; i < items_.size(); ++i) {
+      out += i == 0 ? "\n" : ",\n";
+      out.append(static_cast<std::size_t>(depth + 1) * 2, ' ');
+      if (object) {
+        escape(keys_[i], out);
+        out += ": ";
+      }
+      items_[i].dump(out, depth + 1);
+    }
+    out += '\n';
+    out.append(static_cast<std::size_t>(depth) * 2, ' ');
+    out += object ? '}' : ']';
+  }
+
+  // A JSON string literal for UTF-8 `s`; bytes that are not UTF-8 become
+  // U+FFFD, so the document stays valid.
+  static void escape(std::string_view s, std::string& out) {
+    out += '"';
+    char32_t cp;
+    for (std::size_t i = 0; i < s.size();) {
+      const std::size_t n = utf8_sequence(s, i, cp);
+      if (n == 0) {
+        out += "\\ufffd";
+        ++i;
+        continue;
+      }
+      switch (cp) {
+        case '"':
+          out += "\\\"";
+          break;
+        case '\\':
+          out += "\\\\";
+          break;
+        case '\n':
+          out += "\\n";
+          break;
+        case '\t':
+          out += "\\t";
+          break;
+        case '\r':
+          out += "\\r";
+          break;
+        case '\b':
+          out += "\\b";
+          break;
+        case '\f':
+          out += "\\f";
+          break;
+        default:
+          if (cp < 0x20 || cp == 0x7F) {
+            out += strf("\\u%04x", static_cast<unsigned>(cp));
+          } else {
+            out.append(s.substr(i, n));
+          }
+      }
+      i += n;
+    }
+    out += '"';
+  }
+
+ private:
+  explicit Json(Kind kind) : kind_(kind) {}
+
+  Kind kind_ = Kind::kNull;
+  bool bool_ = false;
+  std::string text_;  // a number's token, a string's bytes
+  std::vector<std::string> keys_;
+  std::vector<Json> items_;
+};
+
+// A strict RFC 8259 parser (numbers keep their text, so nothing is rounded).
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view text) : s_(text) {}
+
+  // Whether the whole text is one JSON value.
+  bool parse(Json& out) {
+    skip_space();
+    if (!value(out, 0)) return false;
+    skip_space();
+    return pos_ == s_.size();
+  }
+
+ private:
+  bool value(Json& out, int depth) {
+    if (depth > kMaxJsonDepth || pos_ >= s_.size()) return false;
+    const char c = s_[pos_];
+    if (c == '{' || c == '[') return container(out, depth, c == '{');
+    if (c == '"') {
+      std::string text;
+      if (!string(text)) return false;
+      out = Json::string(std::move(text));
+      return true;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) return number(out);
+    for (const std::string_view word : {"true", "false", "null"}) {
+      if (s_.substr(pos_, word.size()) == word) {
+        pos_ += word.size();
+        out = word == "null" ? Json() : Json::boolean(word == "true");
+        return true;
+      }
+    }
+    return false;
+  }
+
+  bool container(Json& out, int depth, bool object) {
+    const char close = object ? '}' : ']';
+    out = object ? Json::object() : Json::array();
+    ++pos_;
+    skip_space();
+    if (pos_ < s_.size() && s_[pos_] == close) {
+      ++pos_;
+      return true;
+    }
+    while (true) {
+      std::string key;
+      if (object) {
+        if (pos_ >= s_.size() || s_[pos_] != '"' || !string(key)) return false;
+        skip_space();
+        if (pos_ >= s_.size() || s_[pos_] != ':') return false;
+        ++pos_;
+        skip_space();
+      }
+      Json item;
+      if (!value(item, depth + 1)) return false;
+      out.set(std::move(key), std::move(item));
+      skip_space();
+      if (pos_ >= s_.size()) return false;
+      if (s_[pos_] == close) {
+        ++pos_;
+        return true;
+      }
+      if (s_[pos_] != ',') return false;
+      ++pos_;
+      skip_space();
+    }
+  }
+
+  bool number(Json& out) {
+    const std::size_t start = pos_;
+    const auto digits = [&] {
+      const std::size_t from = pos_;
+      while (pos_ < s_.size() && s_[pos_] >= '0' && s_[pos_] <= '9') ++pos_;
+      return pos_ - from;
+    };
+    if (s_[pos_] == '-') ++pos_;
+    if (pos_ < s_.size() && s_[pos_] == '0') {
+      ++pos_;
+    } else if (digits() == 0) {
+      return false;
+    }
+    if (pos_ < s_.size() && s_[pos_] == '.') {
+      ++pos_;
+      if (digits() == 0) return false;
+    }
+    if (pos_ < s_.size() && (s_[pos_] == 'e' || s_[pos_] == 'E')) {
+      ++pos_;
+      if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
+      if (digits() == 0) return false;
+    }
+    out = Json::number_token(std::string(s_.substr(start, pos_ - start)));
+    return true;
+  }
+
+  bool hex4(char32_t& out) {
+    if (s_.size() - pos_ < 4) return false;
+    out = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = s_[pos_++];
+      out <<= 4;
+      if (c >= '0' && c <= '9') {
+        out |= static_cast<char32_t>(c - '0');
+      } else if (c >= 'a' && c <= 'f') {
+        out |= static_cast<char32_t>(c - 'a' + 10);
+      } else if (c >= 'A' && c <= 'F') {
+        out |= static_cast<char32_t>(c - 'A' + 10);
+      } else {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  static void append_utf8(char32_t cp, std::string& out) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xC0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xE0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+  }
+
+  bool string(std::string& out) {
+    ++pos_;  // the opening quote
+    while (pos_ < s_.size()) {
+      const char c = s_[pos_++];
+      if (c == '"') return true;
+      if (static_cast<unsigned char>(c) < 0x20) return false;
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (pos_ >= s_.size()) return false;
+      const char e = s_[pos_++];
+      switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+          out += e;
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'u': {
+          char32_t cp;
+          if (!hex4(cp)) return false;
+          if (cp >= 0xD800 && cp <= 0xDBFF && s_.substr(pos_, 2) == "\\u") {
+            const std::size_t before = pos_;
+            pos_ += 2;
+            char32_t low;
+            if (!hex4(low)) return false;
+            if (low >= 0xDC00 && low <= 0xDFFF) {
+              cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            } else {
+              pos_ = before;  // not a pair: the high half stands alone
+            }
+          }
+          // A lone surrogate has no UTF-8 form.
+          append_utf8(cp >= 0xD800 && cp <= 0xDFFF ? 0xFFFD : cp, out);
+          break;
+        }
+        default:
+          return false;
+      }
+    }
+    return false;
+  }
+
+  void skip_space() {
+    while (pos_ < s_.size() &&
+           (s_[pos_] == ' ' || s_[pos_] == '\t' || s_[pos_] == '\n' || s_[pos_] == '\r')) {
+      ++pos_;
+    }
+  }
+
+  std::string_view s_;
+  std::size_t pos_ = 0;
+};
+
+// A key for a JSON document: "key" always (exact when the key is UTF-8,
+// else its printable form), and "key_hex" when the key is not UTF-8.
+void set_key(Json& object, std::string_view key) {
+  if (valid_utf8(key)) {
+    object.set("key", Json::string(std::string(key)));
+  } else {
+    object.set("key", Json::string(printable(key)));
+    object.set("key_hex", Json::string(to_hex(key)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Output
+
+void write_out(std::string_view text) {
+  std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
+}
+
+void print_json(const Json& document) {
+  std::string out;
+  document.dump(out);
+  out += '\n';
+  write_out(out);
+}
+
+// Prints "dogpile: <message>" on stderr, after whatever stdout holds, and
+// returns `code`.
+int fail(int code, const std::string& message) {
+  std::cout.flush();
+  std::cerr << "dogpile: " << message << "\n";
+  return code;
+}
+
+// A one-line bar on stderr, for work over a whole cache that may take a
+// while: drawn only when stderr is a terminal and the cache holds more than
+// kProgressMinEntries entries, erased when the work ends.
+class ProgressBar {
+ public:
+  enum class Unit { kItems, kBytes };
+
+  // `label` starts the line. Counts the store's entries only when stderr is
+  // a terminal, since nothing is drawn otherwise.
+  ProgressBar(Store& store, std::string label, Unit unit)
+      : label_(std::move(label)),
+        unit_(unit),
+        enabled_(::isatty(STDERR_FILENO) == 1 &&
+                 store.stats().total.entries > kProgressMinEntries) {}
+  ~ProgressBar() {
+    if (drawn_) std::cerr << "\r\033[K" << std::flush;
+  }
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+
+  bool enabled() const noexcept { return enabled_; }
+
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!enabled_ || total == 0) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (drawn_ && done < total && now - last_draw_ < kProgressRedraw) return;
+    last_draw_ = now;
+    drawn_ = true;
+    done = std::min(done, total);
+    const std::size_t filled = static_cast<std::size_t>(
+        static_cast<double>(done) / static_cast<double>(total) * kProgressBarWidth);
+    const auto amount = [&](std::uint64_t n) {
+      return unit_ == Unit::kBytes ? human_bytes(n) : u64(n);
+    };
+    std::string line = "\r" + label_ + " [" + std::string(filled, '#') +
+                       std::string(kProgressBarWidth - filled, '-') + "] " +
+                       strf("%3d%%", static_cast<int>(done * 100 / total)) + " " + amount(done) +
+                       "/" + amount(total) + "\033[K";
+    std::cerr << line << std::flush;
+  }
+
+ private:
+  std::string label_;
+  Unit unit_;
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_draw_;
+};
+
+// ---------------------------------------------------------------------------
+// Shared options
+
+struct CommonArgs {
+  std::string dir;    // empty: default_cache_dir()
+  bool json = false;  // one JSON document instead of text
+};
+
+void add_common_options(CLI::App& command, CommonArgs& options) {
+  command.add_option("--dir", options.dir, kDirHelp)->type_name("DIR");
+  command.add_flag("--json", options.json, kJsonHelp);
+}
+
+// Registers `name`; its options go in a T (derived from CommonArgs) that
+// lives as long as the parsed command, and its work is body(T).
+template <class T, class Body>
+CLI::App* add_command(CLI::App& app, std::function<int()>& run, const char* name,
+                      const char* description, const char* footer, std::shared_ptr<T> options,
+                      Body body) {
+  CLI::App* command = app.add_subcommand(name, description);
+  add_common_options(*command, *options);
+  command->footer(footer);
+  command->callback([&run, options, body] { run = [options, body] { return body(*options); }; });
+  return command;
+}
+
+Store open_store(const CommonArgs& options) {
+  StoreOptions store_options;
+  store_options.path = options.dir;
+  if (store_options.path.empty()) throw_if_error(default_cache_dir(store_options.path));
+  store_options.must_exist = true;
+  return Store::open(store_options);
+}
+
+bool has_region(Store& store, const std::string& region) {
+  for (const std::string& name : store.regions()) {
+    if (name == region) return true;
+  }
+  return false;
+}
+
+int no_region(Store& store, const std::string& region) {
+  return fail(kExitNotFound, "no region " + in_quotes(region) + " in " + store.path());
+}
+
+int no_entry(Store& store, std::string_view region, std::string_view key) {
+  return fail(kExitNotFound, "no entry for key " + in_quotes(key) + " in region " +
+                                 in_quotes(region) + " of " + store.path());
+}
+
+std::string expires_text(const EnvelopeMeta& meta, bool fraction) {
+  if (!meta.expires_at_ns) return fraction ? "never" : "-";
+  return iso8601(*meta.expires_at_ns, fraction);
+}
+
+// ---------------------------------------------------------------------------
+// stats
+
+std::optional<double> hit_ratio(const UsageCounters& c) {
+  const std::uint64_t lookups = c.hits + c.misses;
+  if (lookups == 0) return std::nullopt;
+  return static_cast<double>(c.hits) / static_cast<double>(lookups);
+}
+
+// A ratio as a JSON number with at most four decimals: 0.8333, 0.25, 1.
+std::string ratio_token(double ratio) {
+  std::string token = strf("%.4f", ratio);
+  while (token.back() == '0') token.pop_back();
+  if (token.back() == '.') token.pop_back();
+  return token;
+}
+
+Json usage_json(const RegionUsage& usage) {
+  const UsageCounters& c = usage.counters;
+  Json j = Json::object();
+  j.set("name", Json::string(usage.name));
+  j.set("entries", Json::number(usage.entries));
+  j.set("bytes", Json::number(usage.bytes));
+  j.set("hits", Json::number(c.hits));
+  j.set("misses", Json::number(c.misses));
+  const std::optional<double> ratio = hit_ratio(c);
+  j.set("hit_ratio", ratio ? Json::number_token(ratio_token(*ratio)) : Json());
+  j.set("stale_served", Json::number(c.stale_served));
+  j.set("creations", Json::number(c.creations));
+  j.set("evictions", Json::number(c.evictions));
+  j.set("expired_purged", Json::number(c.expired_purged));
+  j.set("corruptions", Json::number(c.corruptions));
+  j.set("mismatches", Json::number(c.mismatches));
+  return j;
+}
+
+std::vector<std::string> usage_row(const RegionUsage& usage) {
+  const UsageCounters& c = usage.counters;
+  const std::optional<double> ratio = hit_ratio(c);
+  return {printable(usage.name), u64(usage.entries), human_bytes(usage.bytes),
+          u64(c.hits),           u64(c.misses),      ratio ? strf("%.1f%%", *ratio * 100) : "-",
+          u64(c.stale_served),   u64(c.creations),   u64(c.evictions),
+          u64(c.expired_purged), u64(c.corruptions), u64(c.mismatches)};
+}
+
+int run_stats(const CommonArgs& options) {
+  Store store = open_store(options);
+  const StoreStats stats = store.stats();
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("path", Json::string(stats.path));
+    doc.set("map_size", Json::number(stats.map_size));
+    doc.set("max_size", Json::number(stats.max_size));
+    doc.set("file_size", Json::number(stats.file_size));
+    doc.set("used_bytes", Json::number(stats.used_bytes));
+    doc.set("readers_used", Json::number(stats.readers_used));
+    doc.set("max_readers", Json::number(stats.max_readers));
+    Json regions = Json::array();
+    for (const RegionUsage& usage : stats.regions) regions.push(usage_json(usage));
+    doc.set("regions", std::move(regions));
+    doc.set("total", usage_json(stats.total));
+    print_json(doc);
+    return kExitOk;
+  }
+  std::string out;
+  Table summary({"cache", stats.path}, "ll");
+  summary.add({"max size", human_bytes(stats.max_size)});
+  summary.add({"map", human_bytes(stats.map_size)});
+  summary.add({"used", human_bytes(stats.used_bytes)});
+  summary.add({"data file", human_bytes(stats.file_size)});
+  summary.add({"readers", strf("%u of %u", stats.readers_used, stats.max_readers)});
+  summary.print(out);
+  out += "\n";
+  Table table({"region", "entries", "bytes", "hits", "misses", "hit%", "stale", "creations",
+               "evictions", "purged", "corruptions", "mismatches"},
+              "lrrrrrrrrrrr");
+  for (const RegionUsage& usage : stats.regions) table.add(usage_row(usage));
+  table.add(usage_row(stats.total));
+  table.print(out);
+  write_out(out);
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// ls
+
+struct LsArgs : CommonArgs {
+  std::string region;  // empty: every region
+  std::string prefix;
+  std::uint64_t limit = 0;
+};
+
+Json entry_info_json(const EntryInfo& info) {
+  Json j = Json::object();
+  j.set("region", Json::string(info.region));
+  set_key(j, info.key);
+  j.set("size", Json::number(info.size));
+  j.set("valid", Json::boolean(info.valid));
+  j.set("problem", info.valid ? Json() : Json::string(info.problem));
+  if (info.valid) {
+    j.set("created", Json::string(iso8601(info.meta.created_at_ns, true)));
+    j.set("expires",
+          info.meta.expires_at_ns ? Json::string(iso8601(*info.meta.expires_at_ns, true)) : Json());
+    j.set("codec", Json::string(std::string(codec_name(info.meta.codec))));
+    j.set("type_tag", Json::string(type_tag_hex(info.meta.type_tag)));
+    j.set("schema_version", Json::number(info.meta.schema_version));
+    j.set("payload_size", Json::number(info.payload_size));
+  } else {
+    for (const char* field :
+         {"created", "expires", "codec", "type_tag", "schema_version", "payload_size"}) {
+      j.set(field, Json());
+    }
+  }
+  j.set("write_seq", Json::number(info.write_seq));
+  return j;
+}
+
+int run_ls(const LsArgs& options) {
+  Store store = open_store(options);
+  ListOptions list;
+  if (!options.region.empty()) {
+    if (!has_region(store, options.region)) return no_region(store, options.region);
+    list.region = options.region;
+  }
+  list.prefix = options.prefix;
+  list.limit = options.limit;
+  const std::vector<EntryInfo> entries = store.list(list);
+  if (options.json) {
+    Json array = Json::array();
+    for (const EntryInfo& info : entries) array.push(entry_info_json(info));
+    Json doc = Json::object();
+    doc.set("entries", std::move(array));
+    print_json(doc);
+    return kExitOk;
+  }
+  if (entries.empty()) return kExitOk;
+  // The key goes last, as a file name in `ls -l`: keys vary most in length.
+  Table table({"region", "size", "created", "expires", "codec", "type", "schema", "key"},
+              "lrllllrl");
+  for (const EntryInfo& info : entries) {
+    if (!info.valid) {
+      table.add({printable(info.region), u64(info.size), "-", "-", "-", "-", "-",
+                 printable(info.key) + "  [corrupt: " + info.problem + "]"});
+      continue;
+    }
+    table.add({printable(info.region), u64(info.size), iso8601(info.meta.created_at_ns, false),
+               expires_text(info.meta, false), std::string(codec_name(info.meta.codec)),
+               type_tag_hex(info.meta.type_tag), u64(info.meta.schema_version),
+               printable(info.key)});
+  }
+  std::string out;
+  table.print(out);
+  write_out(out);
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// get
+
+struct GetArgs : CommonArgs {
+  std::string key;
+  std::string region = "default";
+  bool raw = false;  // the payload bytes only
+};
+
+enum class PayloadForm { kJson, kText, kHex };
+
+// How a payload is shown: JSON-codec payloads re-indented, raw payloads as
+// text when they read as text, everything else as bytes.
+PayloadForm payload_form(const Entry& entry, Json& parsed) {
+  const CodecId codec = entry.info.meta.codec;
+  if (codec == CodecId::kJson && JsonParser(entry.payload).parse(parsed)) return PayloadForm::kJson;
+  if ((codec == CodecId::kRaw || codec == CodecId::kJson) && is_text(entry.payload)) {
+    return PayloadForm::kText;
+  }
+  return PayloadForm::kHex;
+}
+
+bool expired(const EnvelopeMeta& meta) {
+  return meta.expires_at_ns && *meta.expires_at_ns <= now_ns();
+}
+
+int run_get(const GetArgs& options) {
+  Store store = open_store(options);
+  Entry entry;
+  if (!store.get(options.region, options.key, entry)) {
+    return no_entry(store, options.region, options.key);
+  }
+  const EntryInfo& info = entry.info;
+  if (!info.valid) {
+    return fail(kExitCacheError, "corrupt entry: key " + in_quotes(info.key) + " in region " +
+                                     in_quotes(info.region) + " of " + store.path() + ": " +
+                                     info.problem);
+  }
+  if (options.raw) {
+    write_out(entry.payload);
+    return kExitOk;
+  }
+  Json parsed;
+  const PayloadForm form = payload_form(entry, parsed);
+  const EnvelopeMeta& meta = info.meta;
+
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("region", Json::string(info.region));
+    set_key(doc, info.key);
+    doc.set("size", Json::number(info.size));
+    doc.set("payload_size", Json::number(info.payload_size));
+    doc.set("created", Json::string(iso8601(meta.created_at_ns, true)));
+    doc.set("expires",
+            meta.expires_at_ns ? Json::string(iso8601(*meta.expires_at_ns, true)) : Json());
+    doc.set("expired", Json::boolean(expired(meta)));
+    doc.set("codec", Json::string(std::string(codec_name(meta.codec))));
+    doc.set("type_tag", Json::string(type_tag_hex(meta.type_tag)));
+    doc.set("schema_version", Json::number(meta.schema_version));
+    doc.set("write_seq", Json::number(info.write_seq));
+    switch (form) {
+      case PayloadForm::kJson:
+        doc.set("payload_format", Json::string("json"));
+        doc.set("payload", std::move(parsed));
+        break;
+      case PayloadForm::kText:
+        doc.set("payload_format", Json::string("text"));
+        doc.set("payload", Json::string(entry.payload));
+        break;
+      case PayloadForm::kHex:
+        doc.set("payload_format", Json::string("hex"));
+        doc.set("payload", Json::string(to_hex(entry.payload)));
+        break;
+    }
+    print_json(doc);
+    return kExitOk;
+  }
+
+  std::string out;
+  Table table({"region", printable(info.region)}, "ll");
+  table.add({"key", printable(info.key)});
+  table.add({"stored size", u64(info.size) + " bytes"});
+  table.add({"created", iso8601(meta.created_at_ns, true)});
+  table.add({"expires", expires_text(meta, true) + (expired(meta) ? " (expired)" : "")});
+  table.add({"codec", std::string(codec_name(meta.codec))});
+  table.add({"type tag", type_tag_hex(meta.type_tag)});
+  table.add({"schema version", u64(meta.schema_version)});
+  table.add({"write sequence", u64(info.write_seq)});
+  static constexpr const char* kFormNames[] = {"JSON, re-indented", "text", "hexdump"};
+  table.add({"payload",
+             u64(info.payload_size) + " bytes, shown as " + kFormNames[static_cast<int>(form)]});
+  table.print(out);
+  out += '\n';
+  switch (form) {
+    case PayloadForm::kJson:
+      parsed.dump(out);
+      out += '\n';
+      write_out(out);
+      break;
+    case PayloadForm::kText:
+      write_out(out);
+      write_out(entry.payload);
+      if (!entry.payload.empty() && entry.payload.back() != '\n') write_out("\n");
+      break;
+    case PayloadForm::kHex:
+      write_out(out);
+      hexdump(entry.payload);
+      break;
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// rm, purge, clear, invalidate
+
+struct KeyArgs : CommonArgs {
+  std::string key;
+  std::string region = "default";
+};
+
+int run_rm(const KeyArgs& options) {
+  Store store = open_store(options);
+  if (!store.erase(options.region, options.key)) {
+    return no_entry(store, options.region, options.key);
+  }
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("region", Json::string(options.region));
+    set_key(doc, options.key);
+    doc.set("removed", Json::boolean(true));
+    print_json(doc);
+  } else {
+    write_out("removed key " + in_quotes(options.key) + " from region " +
+              in_quotes(options.region) + "\n");
+  }
+  return kExitOk;
+}
+
+int run_purge(const CommonArgs& options) {
+  Store store = open_store(options);
+  PurgeReport report;
+  {
+    ProgressBar bar(store, "purge", ProgressBar::Unit::kItems);
+    report =
+        store.purge([&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
+  }
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("removed", Json::number(report.removed));
+    doc.set("scanned", Json::number(report.scanned));
+    print_json(doc);
+  } else {
+    write_out("removed " + count(report.removed, "expired entry", "expired entries") + " (" +
+              count(report.scanned, "expiry index entry", "expiry index entries") +
+              " looked at)\n");
+  }
+  return kExitOk;
+}
+
+struct RegionArgs : CommonArgs {
+  std::string region;  // clear: empty means every region
+  bool soft = false;   // invalidate only
+};
+
+int run_clear(const RegionArgs& options) {
+  Store store = open_store(options);
+  std::uint64_t removed;
+  std::size_t regions = 0;
+  if (options.region.empty()) {
+    regions = store.regions().size();
+    removed = store.clear();
+  } else {
+    if (!has_region(store, options.region)) return no_region(store, options.region);
+    removed = store.clear(options.region);
+  }
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("region", options.region.empty() ? Json() : Json::string(options.region));
+    doc.set("removed", Json::number(removed));
+    print_json(doc);
+  } else if (options.region.empty()) {
+    write_out("removed " + count(removed, "entry", "entries") + " from " +
+              (regions == 1 ? std::string("the only region") : "all " + u64(regions) + " regions") +
+              "\n");
+  } else {
+    write_out("removed " + count(removed, "entry", "entries") + " from region " +
+              in_quotes(options.region) + "\n");
+  }
+  return kExitOk;
+}
+
+int run_invalidate(const RegionArgs& options) {
+  Store store = open_store(options);
+  store.invalidate(options.region, !options.soft);
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("region", Json::string(options.region));
+    doc.set("mode", Json::string(options.soft ? "soft" : "hard"));
+    print_json(doc);
+  } else if (options.soft) {
+    write_out("invalidated region " + in_quotes(options.region) +
+              " (soft): entries written before now are stale; each is regenerated once, "
+              "other callers get the old value meanwhile\n");
+  } else {
+    write_out("invalidated region " + in_quotes(options.region) +
+              " (hard): entries written before now are missing for every process\n");
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// verify, compact
+
+int run_verify(const CommonArgs& options) {
+  Store store = open_store(options);
+  VerifyReport report;
+  {
+    ProgressBar bar(store, "verify", ProgressBar::Unit::kItems);
+    report =
+        store.verify([&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
+  }
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("entries", Json::number(report.entries));
+    doc.set("index_entries", Json::number(report.index_entries));
+    doc.set("ok", Json::boolean(report.ok()));
+    Json problems = Json::array();
+    for (const VerifyProblem& p : report.problems) {
+      Json j = Json::object();
+      j.set("region", Json::string(p.region));
+      set_key(j, p.key);
+      j.set("problem", Json::string(p.what));
+      problems.push(std::move(j));
+    }
+    doc.set("problems", std::move(problems));
+    print_json(doc);
+  } else {
+    std::string out = "checked " + count(report.entries, "entry", "entries") + " and " +
+                      count(report.index_entries, "index entry", "index entries") + ": ";
+    if (report.ok()) {
+      out += "no problems\n";
+    } else {
+      out += count(report.problems.size(), "problem", "problems") + "\n";
+      Table table({"region", "key", "problem"}, "lll");
+      for (const VerifyProblem& p : report.problems) {
+        table.add({printable(p.region), printable(p.key), p.what});
+      }
+      table.print(out);
+    }
+    write_out(out);
+  }
+  if (report.ok()) return kExitOk;
+  return fail(kExitCacheError, "verify found " +
+                                   count(report.problems.size(), "problem", "problems") + " in " +
+                                   store.path());
+}
+
+struct CompactArgs : CommonArgs {
+  std::string dest;
+};
+
+std::optional<std::uint64_t> file_size(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+int run_compact(const CompactArgs& options) {
+  Store store = open_store(options);
+  {
+    // The copy reports no progress of its own; the bar follows the new
+    // data.mdb as it grows towards the pages in use.
+    ProgressBar bar(store, "compact", ProgressBar::Unit::kBytes);
+    std::mutex mutex;
+    std::condition_variable_any wake;
+    std::jthread watcher;
+    if (bar.enabled()) {
+      watcher = std::jthread([&, total = store.stats().used_bytes](std::stop_token stop) {
+        std::unique_lock lock(mutex);
+        do {
+          bar.update(file_size(options.dest + "/data.mdb").value_or(0), total);
+        } while (!wake.wait_for(lock, stop, kProgressRedraw, [] { return false; }) &&
+                 !stop.stop_requested());
+      });
+    }
+    store.compact(options.dest);
+    // The watcher stops (and joins) before the bar is erased.
+    watcher = std::jthread();
+  }
+  const std::uint64_t before = file_size(store.path() + "/data.mdb").value_or(0);
+  const std::uint64_t after = file_size(options.dest + "/data.mdb").value_or(0);
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("source", Json::string(store.path()));
+    doc.set("dest", Json::string(options.dest));
+    doc.set("source_file_size", Json::number(before));
+    doc.set("dest_file_size", Json::number(after));
+    print_json(doc);
+  } else {
+    write_out("wrote a compacted copy of " + store.path() + " to " + options.dest + ": data.mdb " +
+              human_bytes(after) + " (the original: " + human_bytes(before) + ")\n");
+  }
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------
+// demo
+
+struct DemoArgs : CommonArgs {
+  DemoOptions demo;
+};
+
+Json seconds(double s) { return Json::number_token(strf("%.3f", s)); }
+Json microseconds(double us) { return Json::number_token(strf("%.2f", us)); }
+
+int run_demo_command(const DemoArgs& options) {
+  DemoOptions demo = options.demo;
+  demo.dir = options.dir;
+  if (!options.json) return run_demo(demo, std::cout);
+
+  std::ostream discard(nullptr);  // the text report, not wanted here
+  DemoReport report;
+  const int code = run_demo(demo, discard, &report);
+  Json doc = Json::object();
+  doc.set("dir", Json::string(report.dir));
+  doc.set("workers", Json::number(static_cast<std::uint64_t>(demo.workers)));
+  doc.set("create_ms", Json::number(static_cast<std::uint64_t>(demo.create_ms)));
+  doc.set("fresh", Json::boolean(demo.fresh));
+  doc.set("present_before", Json::number(static_cast<std::uint64_t>(report.present_before)));
+  Json keys = Json::array();
+  for (const DemoKeyResult& k : report.keys) {
+    Json j = Json::object();
+    j.set("key", Json::string(k.key));
+    j.set("present_before", Json::boolean(k.present_before));
+    j.set("creations", Json::number(static_cast<std::uint64_t>(k.creations)));
+    j.set("hits", Json::number(static_cast<std::uint64_t>(k.hits)));
+    j.set("waits", Json::number(static_cast<std::uint64_t>(k.waits)));
+    j.set("longest_call_us", microseconds(static_cast<double>(k.longest_call_ns) / 1e3));
+    j.set("creator_time_saved_s", seconds(k.creator_time_saved_s));
+    keys.push(std::move(j));
+  }
+  doc.set("keys", std::move(keys));
+  Json total = Json::object();
+  total.set("calls", Json::number(static_cast<std::uint64_t>(report.calls)));
+  total.set("creations", Json::number(static_cast<std::uint64_t>(report.creations)));
+  total.set("hits", Json::number(static_cast<std::uint64_t>(report.hits)));
+  total.set("waits", Json::number(static_cast<std::uint64_t>(report.waits)));
+  total.set("creator_time_saved_s", seconds(report.creator_time_saved_s));
+  total.set("wall_s", seconds(report.wall_s));
+  total.set("uncached_wall_s", seconds(report.uncached_wall_s));
+  doc.set("total", std::move(total));
+  Json codecs = Json::array();
+  for (const DemoCodecResult& c : report.codecs) {
+    Json j = Json::object();
+    j.set("sample", Json::string(c.sample));
+    j.set("codec", Json::string(c.codec));
+    j.set("supported", Json::boolean(c.supported));
+    if (c.supported) {
+      j.set("payload_size", Json::number(c.payload_size));
+      j.set("stored_size", Json::number(c.stored_size));
+      j.set("encode_us", microseconds(c.encode_us));
+      j.set("decode_us", microseconds(c.decode_us));
+    } else {
+      for (const char* field : {"payload_size", "stored_size", "encode_us", "decode_us"}) {
+        j.set(field, Json());
+      }
+    }
+    codecs.push(std::move(j));
+  }
+  doc.set("codecs", std::move(codecs));
+  Json failures = Json::array();
+  for (const std::string& failure : report.failures) failures.push(Json::string(failure));
+  doc.set("failures", std::move(failures));
+  print_json(doc);
+  return code;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Registration
+
+CLI::App* add_stats_command(CLI::App& app, std::function<int()>& run) {
+  return add_command(
+      app, run, "stats",
+      "Entries, bytes and usage counters per region, with totals and the store's size",
+      "Examples:\n"
+      "  dogpile stats --dir /var/cache/myapp\n"
+      "  dogpile stats --json | jq .total.hit_ratio",
+      std::make_shared<CommonArgs>(), run_stats);
+}
+
+CLI::App* add_ls_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<LsArgs>();
+  CLI::App* command =
+      add_command(app, run, "ls",
+                  "List entries: region, size, created, expires, codec, type, schema version, key",
+                  "Examples:\n"
+                  "  dogpile ls\n"
+                  "  dogpile ls users --prefix user: --limit 20\n"
+                  "  dogpile ls --json | jq -r '.entries[].key'",
+                  options, run_ls);
+  command->add_option("region", options->region, "Only this region (default: every region)");
+  command->add_option("--prefix", options->prefix, "Only keys that start with this")
+      ->type_name("PREFIX");
+  command->add_option("--limit", options->limit, "At most this many entries (0: no limit)")
+      ->type_name("N")
+      ->capture_default_str();
+  return command;
+}
+
+CLI::App* add_get_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<GetArgs>();
+  CLI::App* command =
+      add_command(app, run, "get", "Show one entry's metadata and payload",
+                  "Examples:\n"
+                  "  dogpile get user:42 --region users\n"
+                  "  dogpile get report --raw > report.pdf\n"
+                  "\nExit status 1 when there is no such entry, 3 when it is corrupt.",
+                  options, run_get);
+  command->add_option("key", options->key, "The key (after --, a key may start with -)")
+      ->required();
+  command->add_option("--region", options->region, "Region of the key")
+      ->type_name("REGION")
+      ->capture_default_str();
+  command->add_flag("--raw", options->raw, "Write only the payload's bytes, as they are stored")
+      ->excludes(command->get_option("--json"));
+  return command;
+}
+
+CLI::App* add_rm_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<KeyArgs>();
+  CLI::App* command = add_command(app, run, "rm", "Remove one entry",
+                                  "Example:\n"
+                                  "  dogpile rm user:42 --region users\n"
+                                  "\nExit status 1 when there is no such entry.",
+                                  options, run_rm);
+  command->add_option("key", options->key, "The key")->required();
+  command->add_option("--region", options->region, "Region of the key")
+      ->type_name("REGION")
+      ->capture_default_str();
+  return command;
+}
+
+CLI::App* add_purge_command(CLI::App& app, std::function<int()>& run) {
+  return add_command(app, run, "purge", "Remove every entry past its expiry time",
+                     "Example:\n"
+                     "  dogpile purge --dir /var/cache/myapp",
+                     std::make_shared<CommonArgs>(), run_purge);
+}
+
+CLI::App* add_clear_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<RegionArgs>();
+  CLI::App* command =
+      add_command(app, run, "clear", "Remove every entry of one region, or of all regions",
+                  "Examples:\n"
+                  "  dogpile clear users    # one region\n"
+                  "  dogpile clear          # every region",
+                  options, run_clear);
+  command->add_option("region", options->region, "Only this region (default: every region)");
+  return command;
+}
+
+CLI::App* add_invalidate_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<RegionArgs>();
+  CLI::App* command = add_command(
+      app, run, "invalidate",
+      "Make a region's entries missing (or stale: --soft) for every process",
+      "Examples:\n"
+      "  dogpile invalidate users          # regenerate everything on next use\n"
+      "  dogpile invalidate users --soft   # serve old values while each is regenerated",
+      options, run_invalidate);
+  command->add_option("region", options->region, "The region")->required();
+  command->add_flag("--soft", options->soft,
+                    "Make entries stale rather than missing (dogpile.cache's hard=False)");
+  return command;
+}
+
+CLI::App* add_verify_command(CLI::App& app, std::function<int()>& run) {
+  return add_command(app, run, "verify", "Check every entry's checksum and every index entry",
+                     "Example:\n"
+                     "  dogpile verify || dogpile clear\n"
+                     "\nExit status 3 when there are problems.",
+                     std::make_shared<CommonArgs>(), run_verify);
+}
+
+CLI::App* add_compact_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<CompactArgs>();
+  CLI::App* command =
+      add_command(app, run, "compact", "Write a compacted copy of the cache into DEST (a backup)",
+                  "Example:\n"
+                  "  dogpile compact /backup/dogpile-$(date +%F)\n"
+                  "\nDEST must not exist or be an empty directory.",
+                  options, run_compact);
+  command->add_option("dest", options->dest, "Directory for the copy")->required();
+  return command;
+}
+
+CLI::App* add_demo_command(CLI::App& app, std::function<int()>& run) {
+  auto options = std::make_shared<DemoArgs>();
+  CLI::App* command = app.add_subcommand(
+      "demo",
+      "Fork processes that share one cache: each value is created once; codec sizes and "
+      "speeds");
+  add_common_options(*command, *options);
+  command->add_option("--workers", options->demo.workers, "Worker processes")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  command->add_option("--keys", options->demo.keys, "Keys every worker asks for")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  command->add_option("--create-ms", options->demo.create_ms, "Milliseconds one creator call takes")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 600000));
+  command->add_flag("--fresh", options->demo.fresh, "Erase the demo's keys first");
+  command->footer(
+      "Example:\n"
+      "  dogpile demo --fresh --dir /tmp/dogpile-demo\n"
+      "\nExit status 1 when one of the demo's checks failed.");
+  command->callback([&run, options] { run = [options] { return run_demo_command(*options); }; });
+  return command;
+}
+
+}  // namespace dogpile::cli

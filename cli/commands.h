@@ -1,0 +1,37 @@
+// The `dogpile` subcommands that look inside a cache directory and manage it:
+// stats, ls, get, rm, purge, clear, invalidate, verify, compact, and demo.
+//
+// Each add_<name>_command registers one subcommand on `app`. Its parse
+// callback stores the work in `run`; main() calls run() after parsing, inside
+// the handler that turns dogpile::Error into exit code 3. The commands only
+// parse and print: the work is dogpile::Store's (dogpile/store.h).
+//
+// Every command takes --dir (default: default_cache_dir()) and --json (one
+// JSON document on stdout; errors stay text on stderr).
+//
+// Thread safety: call from main() only; run() writes to std::cout and std::cerr.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace dogpile::cli {
+
+// Exit codes of every subcommand.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitNotFound = 1;    // no such key or region; a demo check failed
+inline constexpr int kExitUsage = 2;       // bad arguments
+inline constexpr int kExitCacheError = 3;  // unusable cache, corrupt entry, failed verify, I/O
+
+CLI::App* add_stats_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_ls_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_get_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_rm_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_purge_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_clear_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_invalidate_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_verify_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_compact_command(CLI::App& app, std::function<int()>& run);
+CLI::App* add_demo_command(CLI::App& app, std::function<int()>& run);
+
+}  // namespace dogpile::cli
