@@ -1,7 +1,8 @@
 // dogpile: a persistent on-disk cache shared by the processes of one host.
 //
 // The one header most programs need: regions, their options and errors, the
-// backend registry and the built-in backends.
+// backend registry and the built-in backends, the store's maintenance view
+// and the command-output cache.
 //
 // Thread safety: see each header.
 #pragma once
@@ -11,6 +12,7 @@
 #include "dogpile/cache_dir.h"       // IWYU pragma: export
 #include "dogpile/cached_value.h"    // IWYU pragma: export
 #include "dogpile/codec.h"           // IWYU pragma: export
+#include "dogpile/command_cache.h"   // IWYU pragma: export
 #include "dogpile/error.h"           // IWYU pragma: export
 #include "dogpile/invalidation.h"    // IWYU pragma: export
 #include "dogpile/lmdb_backend.h"    // IWYU pragma: export
@@ -21,3 +23,5 @@
 #include "dogpile/proxy_backend.h"   // IWYU pragma: export
 #include "dogpile/region.h"          // IWYU pragma: export
 #include "dogpile/stats_proxy.h"     // IWYU pragma: export
+#include "dogpile/store.h"           // IWYU pragma: export
+#include "dogpile/usage_counters.h"  // IWYU pragma: export
