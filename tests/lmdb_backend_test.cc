@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -526,4 +527,57 @@ TEST_CASE("lmdb errors map to status codes", "[lmdb]") {
   CHECK(io.path() == "/some/path");
   CHECK_THAT(lmdb_status(MDB_PANIC, "w", "/p").to_string(),
              Catch::Contains(mdb_strerror(MDB_PANIC)) && Catch::Contains("/p"));
+}
+
+TEST_CASE("a reader table full of dead processes is checked and the read retried",
+          "[lmdb][fork]") {
+  TempDir dir;
+  LmdbOptions options;
+  options.path = dir.path();
+  options.max_readers = 4;
+  // Opened first, so its max_readers sizes lock.mdb; it reads nothing yet and
+  // so holds no reader slot.
+  std::unique_ptr<Backend> backend = dogpile::open_lmdb_backend(options);
+  set(*backend, "k", "v");
+
+  // Children each take one reader slot (their pooled read transaction) and
+  // keep it until killed, until one finds the table full.
+  std::vector<pid_t> holders;
+  bool full = false;
+  while (!full && holders.size() < 64) {
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::close(ready[0]);
+      const char verdict = child_get_is(*backend, "k", "v") ? 'r' : 'f';
+      if (::write(ready[1], &verdict, 1) != 1) ::_exit(2);
+      if (verdict == 'f') ::_exit(0);
+      for (;;) ::pause();
+    }
+    ::close(ready[1]);
+    char verdict = 0;
+    REQUIRE(::read(ready[0], &verdict, 1) == 1);
+    ::close(ready[0]);
+    if (verdict == 'r') {
+      holders.push_back(pid);
+    } else {
+      full = true;
+      int status = 0;
+      REQUIRE(::waitpid(pid, &status, 0) == pid);
+    }
+  }
+  REQUIRE(full);
+  CHECK(holders.size() >= 4);
+  // Killed inside their read transactions: their slots stay taken.
+  for (const pid_t pid : holders) REQUIRE(::kill(pid, SIGKILL) == 0);
+  for (const pid_t pid : holders) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+  }
+  // The table is full of dead readers: the read must free them and retry.
+  CHECK(get(*backend, "k") == "v");
+  set(*backend, "k2", "v2");
+  CHECK(get(*backend, "k2") == "v2");
 }
