@@ -2,6 +2,7 @@
 #
 # Sets DOGPILE_ROOT (the repository root) and defines:
 #   ensure_packages           install the Debian 12 build packages, or say how
+#   ensure_bench_packages     the same for the peers scripts/bench compares with
 #   configure_build DIR OPT.. meson setup DIR with OPTs, reusing a configured DIR
 
 DOGPILE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,9 +12,26 @@ DOGPILE_PACKAGES=(
   liblmdb-dev libcereal-dev libxxhash-dev catch2 libcli11-dev libbenchmark-dev
 )
 
+# The caches and tools scripts/bench measures dogpile against, and what draws
+# its plots; only scripts/bench installs them.
+DOGPILE_BENCH_PACKAGES=(
+  persistent-cache-cpp-dev libhiredis-dev redis-server
+  python3-diskcache python3-dogpile.cache python3-lmdb python3-matplotlib
+)
+
 ensure_packages() {
+  install_missing "${DOGPILE_PACKAGES[@]}"
+}
+
+ensure_bench_packages() {
+  install_missing "${DOGPILE_BENCH_PACKAGES[@]}"
+}
+
+# install_missing PACKAGE... : installs those not installed (as root), or
+# prints the command and exits.
+install_missing() {
   local missing=() package status
-  for package in "${DOGPILE_PACKAGES[@]}"; do
+  for package in "$@"; do
     status="$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)"
     [[ "$status" == installed ]] || missing+=("$package")
   done
