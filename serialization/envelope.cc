@@ -7,6 +7,10 @@
 #include <stdexcept>
 #include <string>
 
+#ifdef DOGPILE_HAVE_XXH3_AVX2
+#include "xxh3_avx2.h"
+#endif
+
 namespace dogpile {
 namespace {
 
@@ -46,6 +50,19 @@ U load_le(const char* src) noexcept {
     value |= static_cast<U>(static_cast<U>(static_cast<unsigned char>(src[i])) << (8 * i));
   }
   return value;
+}
+
+// XXH3-64 of the envelope bytes, with AVX2 when the CPU has it: the
+// checksum is then cheaper than copying the value (xxh3_avx2.h).
+std::uint64_t checksum(const char* data, std::size_t size) noexcept {
+#ifdef DOGPILE_HAVE_XXH3_AVX2
+  static const bool have_avx2 = [] {
+    __builtin_cpu_init();  // may run before static constructors have
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  if (have_avx2) return internal::xxh3_64_avx2(data, size);
+#endif
+  return XXH3_64bits(data, size);
 }
 
 template <class U>
@@ -115,12 +132,15 @@ void finish_envelope(std::string& out, std::size_t payload_offset) {
     throw std::logic_error("dogpile: finish_envelope called without begin_envelope");
   }
   store_le<std::uint64_t>(out.data() + kPayloadLengthOffset, out.size() - payload_offset);
-  append_le<std::uint64_t>(out, XXH3_64bits(out.data(), out.size()));
+  append_le<std::uint64_t>(out, checksum(out.data(), out.size()));
 }
 
 std::string encode_envelope(const EnvelopeMeta& meta, std::optional<std::string_view> full_key,
                             std::string_view payload) {
   std::string out;
+  // One allocation: begin_envelope only reserves room for the header.
+  out.reserve(kEnvelopeHeaderSize + (full_key ? full_key->size() : 0) + payload.size() +
+              kEnvelopeTrailerSize);
   const std::size_t payload_offset = begin_envelope(out, meta, full_key);
   out.append(payload);
   finish_envelope(out, payload_offset);
@@ -153,7 +173,7 @@ DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
   if (payload_length > max_value_size) return DecodeStatus::kTooLarge;
 
   const std::size_t checked = size - kEnvelopeTrailerSize;
-  if (XXH3_64bits(data, checked) != load_le<std::uint64_t>(data + checked)) {
+  if (checksum(data, checked) != load_le<std::uint64_t>(data + checked)) {
     return DecodeStatus::kCorrupt;
   }
   const std::uint8_t codec = static_cast<std::uint8_t>(data[kCodecOffset]);

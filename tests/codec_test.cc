@@ -12,9 +12,11 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -550,4 +552,139 @@ TEST_CASE("type tags") {
   };
   CHECK(std::set<std::uint64_t>(tags.begin(), tags.end()).size() == tags.size());
   CHECK(dogpile::type_tag_of("my.Point") != dogpile::type_tag_of("my.point"));
+}
+
+namespace {
+
+constexpr std::array<std::size_t, 6> kByteSizes = {0, 1, 4095, 4096, 65536, std::size_t{1} << 20};
+
+// `size` bytes of every value, NULs included, in no pattern tied to the size.
+template <class Bytes>
+Bytes bytes_of_size(std::size_t size) {
+  Bytes out(size, typename Bytes::value_type{});
+  std::uint32_t x = 0x9E3779B9u ^ static_cast<std::uint32_t>(size);
+  for (auto& b : out) {
+    x = x * 1664525u + 1013904223u;
+    b = static_cast<typename Bytes::value_type>(x >> 24);
+  }
+  return out;
+}
+
+// What cereal's own archive writes for `value`, and reads back from `bytes`.
+template <class Archive, class T>
+std::string cereal_written(const T& value) {
+  std::ostringstream stream;
+  {
+    Archive archive(stream);
+    archive(value);
+  }
+  return std::move(stream).str();
+}
+
+template <class Archive, class T>
+T cereal_read(const std::string& bytes) {
+  std::istringstream stream(bytes);
+  T value{};
+  {
+    Archive archive(stream);
+    archive(value);
+  }
+  return value;
+}
+
+template <class T>
+void check_byte_value_sizes() {
+  for (const std::size_t size : kByteSizes) {
+    CAPTURE(size);
+    const T value = bytes_of_size<T>(size);
+    for (const CodecId codec : kAllCodecs) {
+      // JSON spends a line per byte of a vector; the largest would add only time.
+      if (codec == CodecId::kJson && !std::is_same_v<T, std::string> && size > 65536) continue;
+      CAPTURE(dogpile::codec_name(codec));
+      const std::string payload = payload_of(codec, value);
+      T decoded;
+      REQUIRE(dogpile::decode_payload(codec, payload, decoded));
+      CHECK(decoded == value);
+      T reused = bytes_of_size<T>(9);  // a value that already holds bytes is replaced
+      REQUIRE(dogpile::decode_payload(codec, payload, reused));
+      CHECK(reused == value);
+    }
+    // The binary codecs write byte for byte what cereal writes, and read what it reads.
+    const std::string binary = payload_of(CodecId::kBinary, value);
+    CHECK(binary == cereal_written<cereal::BinaryOutputArchive>(value));
+    CHECK(cereal_read<cereal::BinaryInputArchive, T>(binary) == value);
+    const std::string portable = payload_of(CodecId::kPortableBinary, value);
+    CHECK(portable == cereal_written<cereal::PortableBinaryOutputArchive>(value));
+    CHECK(cereal_read<cereal::PortableBinaryInputArchive, T>(portable) == value);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("byte-like values of every size round-trip, in cereal's own layout") {
+  check_byte_value_sizes<std::string>();
+  check_byte_value_sizes<std::vector<std::uint8_t>>();
+  check_byte_value_sizes<std::vector<char>>();
+  // Whole envelopes too, with the full key in front of the payload.
+  for (const std::size_t size : kByteSizes) {
+    CAPTURE(size);
+    check_round_trips<std::string>({bytes_of_size<std::string>(size)}, kAllCodecs);
+    check_round_trips<std::vector<std::uint8_t>>(
+        {bytes_of_size<std::vector<std::uint8_t>>(size)},
+        std::array{CodecId::kRaw, CodecId::kBinary, CodecId::kPortableBinary});
+  }
+}
+
+TEST_CASE("byte payloads that are not exactly one value are refused") {
+  for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+    CAPTURE(dogpile::codec_name(codec));
+    const std::string payload = payload_of(codec, std::string("abcdef"));
+    const std::size_t prefix_at = codec == CodecId::kPortableBinary ? 1 : 0;
+    for (const std::uint64_t lie :
+         {std::uint64_t{0}, std::uint64_t{5}, std::uint64_t{7}, (std::uint64_t{1} << 32) + 6,
+          std::uint64_t{1} << 63, std::numeric_limits<std::uint64_t>::max()}) {
+      CAPTURE(lie);
+      std::string bytes = payload;
+      // binary: host order; portable_binary: little-endian.
+      for (std::size_t i = 0; i < 8; ++i) {
+        const std::size_t shift = codec == CodecId::kBinary && std::endian::native == std::endian::big
+                                      ? 8 * (7 - i)
+                                      : 8 * i;
+        bytes[prefix_at + i] = static_cast<char>(static_cast<unsigned char>(lie >> shift));
+      }
+      std::string text = "kept?";
+      std::vector<std::uint8_t> octets;
+      CHECK_FALSE(dogpile::decode_payload(codec, bytes, text));
+      CHECK_FALSE(dogpile::decode_payload(codec, bytes, octets));
+    }
+    std::string text;
+    for (std::size_t n = 0; n < payload.size(); ++n) {
+      CAPTURE(n);
+      CHECK_FALSE(dogpile::decode_payload(codec, std::string_view(payload).substr(0, n), text));
+    }
+    CHECK_FALSE(dogpile::decode_payload(codec, payload + "g", text));
+    REQUIRE(dogpile::decode_payload(codec, payload, text));
+    CHECK(text == "abcdef");
+  }
+}
+
+TEST_CASE("a portable payload from a big-endian writer is read as cereal reads it") {
+  // Marker 0 (and, as cereal has it, any marker but 1) means a big-endian
+  // stream: the length prefix is swapped, the bytes are not.
+  const std::string big_endian_six = std::string("\0\0\0\0\0\0\0\x06", 8) + "abcdef";
+  for (const char marker : {'\0', '\x02', '\xff'}) {
+    CAPTURE(static_cast<int>(marker));
+    const std::string payload = std::string(1, marker) + big_endian_six;
+    std::string text;
+    REQUIRE(dogpile::decode_payload(CodecId::kPortableBinary, payload, text));
+    CHECK(text == "abcdef");
+    CHECK(cereal_read<cereal::PortableBinaryInputArchive, std::string>(payload) == "abcdef");
+    std::vector<std::uint8_t> octets;
+    REQUIRE(dogpile::decode_payload(CodecId::kPortableBinary, payload, octets));
+    CHECK(octets == std::vector<std::uint8_t>{'a', 'b', 'c', 'd', 'e', 'f'});
+  }
+  // A little-endian prefix under a big-endian marker is a lie (6 << 56).
+  const std::string mixed = std::string(1, '\0') + std::string("\x06\0\0\0\0\0\0\0", 8) + "abcdef";
+  std::string text;
+  CHECK_FALSE(dogpile::decode_payload(CodecId::kPortableBinary, mixed, text));
 }

@@ -1,9 +1,13 @@
-// Envelope layout, validation order and the allocation-free decode.
+// Envelope layout, validation order and the allocation-free decode; the
+// checksum at every size; byte payloads' length prefixes.
 #include "dogpile/envelope.h"
+
+#include "dogpile/codec.h"  // byte payloads' length prefixes
 
 #include <xxhash.h>
 
 #include <atomic>
+#include <bit>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -449,4 +453,69 @@ TEST_CASE("codec names") {
   CHECK_FALSE(dogpile::codec_from_name("unknown"));
   CHECK_FALSE(dogpile::codec_from_name(""));
   CHECK_FALSE(dogpile::codec_from_name("JSON"));
+}
+
+TEST_CASE("the checksum is XXH3-64 of the bytes before it, at every size") {
+  // The envelope may compute XXH3 with a build of its own for the CPU at
+  // hand (xxh3_avx2.h); it must match libxxhash's at every length and
+  // alignment, both when writing and when checking.
+  std::vector<std::size_t> sizes;
+  for (std::size_t size = 0; size <= 2'100; ++size) sizes.push_back(size);
+  for (const std::size_t size : {4'095, 4'096, 65'535, 65'536, 65'537, (1 << 20) + 3}) {
+    sizes.push_back(static_cast<std::size_t>(size));
+  }
+  for (const std::size_t key_length : {0, 511, 1'000}) {
+    const std::string key = patterned(key_length);
+    const std::optional<std::string_view> full_key =
+        key_length == 0 ? std::nullopt : std::optional<std::string_view>(key);
+    for (const std::size_t size : sizes) {
+      const std::string bytes =
+          dogpile::encode_envelope(sample_meta(), full_key, patterned(size + key_length));
+      const std::size_t body = bytes.size() - dogpile::kEnvelopeTrailerSize;
+      if (bytes.substr(body) != le_bytes(XXH3_64bits(bytes.data(), body), 8)) {
+        CAPTURE(key_length, size);
+        FAIL("checksum differs from XXH3_64bits");
+      }
+      EnvelopeView view;
+      if (dogpile::decode_envelope(bytes, kNoLimit, view) != DecodeStatus::kOk) {
+        CAPTURE(key_length, size);
+        FAIL("a sound envelope does not decode");
+      }
+    }
+    // And one flipped bit is caught at a size the vector code handles.
+    std::string bytes = dogpile::encode_envelope(sample_meta(), full_key, patterned(65'536));
+    bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x01);
+    CHECK(decode(bytes) == DecodeStatus::kCorrupt);
+  }
+}
+
+TEST_CASE("byte payloads with a lying length prefix are refused without allocating") {
+  // std::string and byte vectors skip cereal in the binary codecs; their
+  // length prefix is compared with the bytes at hand before any allocation.
+  constexpr std::uint64_t kMax64 = std::numeric_limits<std::uint64_t>::max();
+  const std::vector<std::uint64_t> lies = {1ULL << 30, 1ULL << 40, 1ULL << 62, kMax64, 17, 15, 0};
+  for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+    // binary's prefix is in host order; put_u64 writes little-endian.
+    if (codec == CodecId::kBinary && std::endian::native != std::endian::little) continue;
+    CAPTURE(dogpile::codec_name(codec));
+    std::string payload;
+    dogpile::encode_payload(codec, patterned(16), payload);
+    const std::size_t prefix_at = codec == CodecId::kPortableBinary ? 1 : 0;
+    REQUIRE(payload.substr(prefix_at, 8) == le_bytes(16, 8));
+    for (const std::uint64_t lie : lies) {
+      CAPTURE(lie);
+      std::string bytes = payload;
+      put_u64(bytes, prefix_at, lie);
+      std::string text;
+      std::vector<std::uint8_t> octets;
+      g_allocations.store(0);
+      g_counting.store(true);
+      const bool text_decoded = dogpile::decode_payload(codec, bytes, text);
+      const bool octets_decoded = dogpile::decode_payload(codec, bytes, octets);
+      g_counting.store(false);
+      CHECK_FALSE(text_decoded);
+      CHECK_FALSE(octets_decoded);
+      CHECK(g_allocations.load() == 0);
+    }
+  }
 }

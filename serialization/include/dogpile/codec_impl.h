@@ -4,12 +4,21 @@
 // straight out of the checksum-verified bytes: two small stream buffers stand
 // between cereal's std::ostream/std::istream interface and those buffers, so
 // no payload is ever copied into an intermediate stringstream.
+//
+// Byte-like values (std::string and byte vectors) skip cereal in the two
+// binary codecs: their payload is a length prefix and the bytes, which are
+// written and read here directly, byte for byte what cereal writes and reads.
+// Reading one is then a single allocation and a single copy, where cereal's
+// stream path zero-fills the string before copying into it.
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <istream>
+#include <iterator>
 #include <ostream>
 #include <stdexcept>
 #include <streambuf>
@@ -132,6 +141,71 @@ inline bool decode_json_string(std::string_view bytes, std::string& out) {
   return true;
 }
 
+// cereal's size tag: CEREAL_SIZE_TYPE, std::uint64_t unless a build changes it.
+using SizeTag = cereal::size_type;
+
+// portable_binary payloads are little-endian; the fast path takes them on
+// little-endian hosts only and leaves the others to cereal.
+inline constexpr bool kLittleEndianHost = std::endian::native == std::endian::little;
+// What PortableBinaryOutputArchive writes first: 1 for a little-endian stream.
+inline constexpr char kPortableLittleEndianMarker = 1;
+
+// Whether `codec` has the prefix-and-bytes fast path for T on this host.
+template <class T>
+constexpr bool has_byte_fast_path(CodecId codec) noexcept {
+  if constexpr (!kIsRawCodable<T>) {
+    return false;
+  } else {
+    return codec == CodecId::kBinary || (codec == CodecId::kPortableBinary && kLittleEndianHost);
+  }
+}
+
+// Appends what cereal's binary archives write for a byte-like value: the
+// portable marker (portable_binary only), the size tag in host order (which
+// is little-endian whenever portable_binary takes this path), the bytes.
+template <class T>
+void append_bytes_payload(CodecId codec, const T& value, std::string& out) {
+  const auto size = static_cast<SizeTag>(value.size());
+  // Room for an envelope's checksum too, so finishing one does not copy the
+  // whole payload into a bigger buffer.
+  out.reserve(out.size() + 1 + sizeof(size) + value.size() + kEnvelopeTrailerSize);
+  if (codec == CodecId::kPortableBinary) out.push_back(kPortableLittleEndianMarker);
+  char prefix[sizeof(size)];
+  std::memcpy(prefix, &size, sizeof(size));
+  out.append(prefix, sizeof(size));
+  out.append(reinterpret_cast<const char*>(value.data()), value.size());
+}
+
+// Reads a byte-like value written by append_bytes_payload (or cereal). The
+// length prefix is compared with the bytes at hand before anything is
+// allocated, so a lying prefix costs nothing. Returns false when the bytes
+// are not exactly one such value.
+template <class T>
+bool read_bytes_payload(CodecId codec, std::string_view bytes, T& out) {
+  bool swap = false;
+  if (codec == CodecId::kPortableBinary) {
+    if (bytes.empty()) return false;
+    // As cereal's reader on a little-endian host: any marker but 1 means a
+    // big-endian stream, whose size tag is byte-swapped (the bytes are not).
+    swap = bytes.front() != kPortableLittleEndianMarker;
+    bytes.remove_prefix(1);
+  }
+  unsigned char prefix[sizeof(SizeTag)];
+  if (bytes.size() < sizeof(prefix)) return false;
+  std::memcpy(prefix, bytes.data(), sizeof(prefix));
+  if (swap) std::reverse(std::begin(prefix), std::end(prefix));
+  SizeTag size = 0;
+  std::memcpy(&size, prefix, sizeof(size));
+  bytes.remove_prefix(sizeof(prefix));
+  // Exactly the prefix's length must follow: fewer is a truncation, more is
+  // not one T (cereal's path refuses both too).
+  if (size != bytes.size()) return false;
+  using Element = typename T::value_type;
+  const auto* first = reinterpret_cast<const Element*>(bytes.data());
+  out.assign(first, first + bytes.size());
+  return true;
+}
+
 [[noreturn]] inline void throw_codec_cannot_carry(CodecId codec) {
   throw std::invalid_argument("dogpile: the '" + std::string(codec_name(codec)) +
                               "' codec cannot carry this type");
@@ -139,6 +213,12 @@ inline bool decode_json_string(std::string_view bytes, std::string& out) {
 
 template <class T>
 void append_payload(CodecId codec, const T& value, std::string& out) {
+  if constexpr (kIsRawCodable<T>) {
+    if (has_byte_fast_path<T>(codec)) {
+      append_bytes_payload(codec, value, out);
+      return;
+    }
+  }
   switch (codec) {
     case CodecId::kRaw:
       if constexpr (kIsRawCodable<T>) {
@@ -214,6 +294,9 @@ void encode_payload(CodecId codec, const T& value, std::string& out) {
 template <class T>
 bool decode_payload(CodecId codec, std::string_view bytes, T& out) noexcept {
   try {
+    if constexpr (kIsRawCodable<T>) {
+      if (detail::has_byte_fast_path<T>(codec)) return detail::read_bytes_payload(codec, bytes, out);
+    }
     switch (codec) {
       case CodecId::kRaw:
         if constexpr (kIsRawCodable<T>) {
