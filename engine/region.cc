@@ -3,6 +3,7 @@
 #include "dogpile/proxy_backend.h"
 
 #include <pthread.h>
+#include <time.h>
 
 #include <cstdio>
 #include <limits>
@@ -11,6 +12,7 @@
 
 #include <xxhash.h>
 
+#include "backends/lmdb_env.h"
 #include "keyed_mutex.h"
 
 namespace dogpile {
@@ -50,10 +52,14 @@ std::once_flag g_atfork_once;
 
 void on_fork_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
+// The clock of the statistics deadline, read at every operation.
+// CLOCK_MONOTONIC_COARSE is read without the hardware counter (a few ns,
+// where steady_clock costs some 20), and its tick of a few milliseconds is
+// far below any interval worth publishing at.
 std::int64_t steady_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
 // Steady-clock time (ns) `interval` from now, saturating for huge intervals.
@@ -136,6 +142,7 @@ void Region::configure(std::shared_ptr<Backend> backend) {
                                     "region '" + options_.name + "' has no backend"));
   }
   backend_ = std::move(backend);
+  in_place_ = dynamic_cast<internal::InPlaceReader*>(backend_.get());
   if (!options_.invalidation) options_.invalidation = backend_->invalidation_strategy();
   if (!options_.invalidation) options_.invalidation = make_local_invalidation();
 }
@@ -260,7 +267,14 @@ std::string Region::mangle(std::string_view key) const {
   return options_.key_mangler ? options_.key_mangler(key) : std::string(key);
 }
 
-std::optional<std::string_view> Region::full_key_for(const std::string& stored_key) const {
+std::string_view Region::mangle(std::string_view key, std::string& storage) const {
+  require_configured();
+  if (!options_.key_mangler) return key;
+  storage = options_.key_mangler(key);
+  return storage;
+}
+
+std::optional<std::string_view> Region::full_key_for(std::string_view stored_key) const {
   if (stored_key.size() > kMaxInlineKeySize) return std::string_view(stored_key);
   return std::nullopt;
 }
@@ -272,25 +286,54 @@ EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl) const {
   return meta;
 }
 
-void Region::report(LogLevel level, const std::string& stored_key, const std::string& message) {
+void Region::report(LogLevel level, std::string_view stored_key, const std::string& message) {
   if (!log_limiter_->allow(stored_key)) return;
-  std::string key_text = stored_key.size() > 64 ? stored_key.substr(0, 64) + "..." : stored_key;
+  std::string key_text(stored_key.substr(0, 64));
+  if (stored_key.size() > 64) key_text += "...";
   options_.logger(level, "region '" + options_.name + "' key '" + key_text + "': " + message);
 }
 
-void Region::read_entry(const std::string& stored_key, std::uint64_t tag, std::uint32_t schema,
+void Region::read_entry(std::string_view stored_key, std::uint64_t tag, std::uint32_t schema,
                         const GetOptions& call, Entry& entry) {
   entry.state = State::kMissing;
   std::optional<std::string> bytes;
   if (Status s = backend_->get(stored_key, bytes); !s) {
-    counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
-    report(LogLevel::kError, stored_key, "read failed, treated as a miss: " + s.to_string());
+    note_read_failure(stored_key, s);
     return;
   }
   classify(stored_key, std::move(bytes), tag, schema, call, entry);
 }
 
-void Region::classify(const std::string& stored_key, std::optional<std::string> bytes,
+void Region::note_read_failure(std::string_view stored_key, const Status& status) {
+  counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
+  report(LogLevel::kError, stored_key, "read failed, treated as a miss: " + status.to_string());
+}
+
+Status Region::read_in_place(std::string_view stored_key,
+                             void (*use)(void*, const std::string_view*), void* context) {
+  return in_place_->read_in_place(stored_key, use, context);
+}
+
+namespace {
+
+// A shortened key must name this key exactly; an inline key must not have
+// been shortened (else a crafted short key could alias a hashed long one).
+bool key_matches(std::string_view stored_key, const EnvelopeView& view) noexcept {
+  return stored_key.size() > kMaxInlineKeySize ? view.full_key && *view.full_key == stored_key
+                                               : !view.full_key;
+}
+
+}  // namespace
+
+bool Region::envelope_matches(std::string_view stored_key, std::string_view bytes,
+                              std::uint64_t tag, std::uint32_t schema,
+                              EnvelopeView& view) const noexcept {
+  return decode_envelope(bytes, options_.max_value_size, view) == DecodeStatus::kOk &&
+         key_matches(stored_key, view) && view.meta.type_tag == tag &&
+         view.meta.schema_version == schema;
+}
+
+void Region::classify(std::string_view stored_key, std::optional<std::string> bytes,
                       std::uint64_t tag, std::uint32_t schema, const GetOptions& call,
                       Entry& entry) {
   entry.state = State::kMissing;
@@ -310,28 +353,22 @@ void Region::classify(const std::string& stored_key, std::optional<std::string> 
       return;
   }
 
-  // A shortened key must name this key exactly; an inline key must not have
-  // been shortened (else a crafted short key could alias a hashed long one).
-  const bool key_matches = stored_key.size() > kMaxInlineKeySize
-                               ? entry.view.full_key && *entry.view.full_key == stored_key
-                               : !entry.view.full_key;
-  if (!key_matches ||
+  if (!key_matches(stored_key, entry.view) ||
       (tag != 0 && (entry.view.meta.type_tag != tag || entry.view.meta.schema_version != schema))) {
     counters_.mismatches.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  entry.state = judge(entry.view.meta, call);
+}
 
+Region::State Region::judge(const EnvelopeMeta& meta, const GetOptions& call) const {
   // Hard invalidation makes an entry missing even when expiry is ignored;
   // soft invalidation is a kind of expiry.
   const InvalidationStrategy& stamps = *options_.invalidation;
-  const WallTime created_at = from_ns(entry.view.meta.created_at_ns);
-  if (stamps.is_hard_invalidated(created_at)) return;
-  if (call.ignore_expiration) {
-    entry.state = State::kFresh;
-    return;
-  }
+  const WallTime created_at = from_ns(meta.created_at_ns);
+  if (stamps.is_hard_invalidated(created_at)) return State::kMissing;
+  if (call.ignore_expiration) return State::kFresh;
   const std::int64_t now = to_ns(options_.clock->now());
-  const EnvelopeMeta& meta = entry.view.meta;
   const bool from_future =
       meta.created_at_ns - now > std::chrono::nanoseconds(options_.future_tolerance).count();
   // A per-call expiration is the caller's explicit word and wins; else an
@@ -347,7 +384,7 @@ void Region::classify(const std::string& stored_key, std::optional<std::string> 
     expired = now - meta.created_at_ns >= region_expiration->count();
   }
   const bool stale = from_future || expired || stamps.is_soft_invalidated(created_at);
-  entry.state = stale ? State::kStale : State::kFresh;
+  return stale ? State::kStale : State::kFresh;
 }
 
 void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
@@ -393,7 +430,7 @@ void Region::erase_multi(std::span<const std::string> keys) {
   throw_if_error(s);
 }
 
-void Region::note_undecodable(const std::string& stored_key) {
+void Region::note_undecodable(std::string_view stored_key) {
   counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
   report(LogLevel::kError, stored_key, "payload does not decode, treated as a miss");
 }
@@ -406,12 +443,13 @@ void Region::invalidate(bool hard) {
 std::optional<Metadata> Region::get_value_metadata(std::string_view key) {
   OperationScope operation(*this);
   Entry entry;
-  read_entry(mangle(key), 0, 0, GetOptions{.ignore_expiration = true}, entry);
+  std::string storage;
+  read_entry(mangle(key, storage), 0, 0, GetOptions{.ignore_expiration = true}, entry);
   if (entry.state == State::kMissing) return std::nullopt;
   return metadata_from(entry.view.meta);
 }
 
-Status Region::store(const std::string& stored_key, const std::string& envelope) {
+Status Region::store(std::string_view stored_key, const std::string& envelope) {
   Status s = backend_->set(stored_key, envelope);
   if (!s) {
     counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
@@ -428,25 +466,27 @@ void Region::note_full(const Status& status) {
 
 void Region::erase(std::string_view key) {
   OperationScope operation(*this);
-  const std::string stored_key = mangle(key);  // before backend_ is touched: it may be unset
+  std::string storage;
+  // Before backend_ is touched: it may be unset.
+  const std::string_view stored_key = mangle(key, storage);
   Status s = backend_->erase(stored_key);
   if (!s) counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
   throw_if_error(s);
 }
 
-std::unique_ptr<CreationMutex> Region::creation_mutex(const std::string& stored_key) {
+std::unique_ptr<CreationMutex> Region::creation_mutex(std::string_view stored_key) {
   std::unique_ptr<CreationMutex> mutex = backend_->get_mutex(stored_key);
-  return mutex ? std::move(mutex) : local_locks_->mutex(stored_key);
+  return mutex ? std::move(mutex) : local_locks_->mutex(std::string(stored_key));
 }
 
-Status Region::encode_failure(const std::string& stored_key, const char* what) const {
+Status Region::encode_failure(std::string_view stored_key, const char* what) const {
   return Status::error(StatusCode::kInvalidArgument,
-                       "region '" + options_.name + "' key '" + stored_key.substr(0, 64) +
+                       "region '" + options_.name + "' key '" + std::string(stored_key.substr(0, 64)) +
                            "': the value cannot be encoded with codec " +
                            std::string(codec_name(options_.codec)) + ": " + what);
 }
 
-Status Region::check_encoded_size(const std::string& stored_key,
+Status Region::check_encoded_size(std::string_view stored_key,
                                   const std::string& envelope) const {
   const std::size_t key_bytes = stored_key.size() > kMaxInlineKeySize ? stored_key.size() : 0;
   const std::size_t payload =
@@ -454,7 +494,7 @@ Status Region::check_encoded_size(const std::string& stored_key,
   if (payload <= options_.max_value_size) return Status::ok();
   // Stored, it would read back as corrupt and be recreated forever.
   return Status::error(StatusCode::kTooLarge,
-                       "region '" + options_.name + "' key '" + stored_key.substr(0, 64) +
+                       "region '" + options_.name + "' key '" + std::string(stored_key.substr(0, 64)) +
                            "': the encoded value is " + std::to_string(payload) +
                            " bytes, over max_value_size " +
                            std::to_string(options_.max_value_size));
@@ -485,7 +525,7 @@ void Region::SlotRelease::operator()(CreationMutex* slot) const noexcept {
   --t_slots_held;
 }
 
-Region::CreationSlot Region::acquire_creation_slot(const std::string& stored_key) {
+Region::CreationSlot Region::acquire_creation_slot(std::string_view stored_key) {
   const std::uint32_t n = options_.max_concurrent_creations;
   if (n == 0 || t_slots_held > 0) return CreationSlot();
   // Slot locks live beside the key locks; the NUL keeps them apart from any
@@ -513,14 +553,15 @@ Region::CreationSlot Region::acquire_creation_slot(const std::string& stored_key
 }
 
 bool Region::key_is_locked(std::string_view key) {
-  return creation_mutex(mangle(key))->is_locked_anywhere();
+  std::string storage;
+  return creation_mutex(mangle(key, storage))->is_locked_anywhere();
 }
 
-void Region::throw_lock_timeout(const std::string& stored_key) {
+void Region::throw_lock_timeout(std::string_view stored_key) {
   throw LockTimeout(Status::error(StatusCode::kTimedOut,
                                   "region '" + options_.name + "': waited past lock_timeout for "
                                   "another caller creating key '" +
-                                      stored_key.substr(0, 64) + "'"));
+                                      std::string(stored_key.substr(0, 64)) + "'"));
 }
 
 namespace {

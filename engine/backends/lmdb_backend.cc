@@ -22,15 +22,20 @@ namespace {
 // kMaxInlineKeySize bytes, 'h' + its XXH3-128 otherwise. The region confirms
 // long keys against the full key it keeps in the envelope.
 
+// An entry record too short to hold its header.
+Status short_record(const LmdbEnv& env, const MDB_val& record) {
+  return Status::error(StatusCode::kCorruption,
+                       "an entry record of " + std::to_string(record.mv_size) +
+                           " bytes is shorter than its header",
+                       env.path());
+}
+
 // The value of an entry record (header stripped), copied once.
 Status copy_value(const LmdbEnv& env, const MDB_val& record, std::optional<std::string>& out) {
   EntryHeader header;
   std::string_view value;
   if (!split_entry({static_cast<const char*>(record.mv_data), record.mv_size}, header, value)) {
-    return Status::error(StatusCode::kCorruption,
-                         "an entry record of " + std::to_string(record.mv_size) +
-                             " bytes is shorter than its header",
-                         env.path());
+    return short_record(env, record);
   }
   out.emplace(value);
   return Status::ok();
@@ -61,7 +66,7 @@ Status check_options(const LmdbOptions& options) {
   return Status::ok();
 }
 
-class LmdbBackend final : public Backend {
+class LmdbBackend final : public Backend, public InPlaceReader {
  public:
   static Status open(LmdbOptions options, std::unique_ptr<Backend>& out) {
     if (Status s = check_options(options); !s) return s;
@@ -118,6 +123,30 @@ class LmdbBackend final : public Backend {
     return copy_value(*b->env, v, value);
   }
 
+  // As get, with the value lent from the map inside the read transaction.
+  Status read_in_place(std::string_view key, Use use, void* context) override {
+    const Binding* b = nullptr;
+    if (Status s = binding(b); !s) return s;
+    ReadTxn txn;
+    if (Status s = b->env->begin_read(txn); !s) return s;
+    StoredKey stored(key);
+    MDB_val k = stored.val();
+    MDB_val v{};
+    const int rc = mdb_get(txn.get(), b->region.dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+      use(context, nullptr);
+      return Status::ok();
+    }
+    if (rc != MDB_SUCCESS) return b->env->status(rc, "cannot read");
+    EntryHeader header;
+    std::string_view value;
+    if (!split_entry({static_cast<const char*>(v.mv_data), v.mv_size}, header, value)) {
+      return short_record(*b->env, v);
+    }
+    use(context, &value);
+    return Status::ok();
+  }
+
   Status set(std::string_view key, std::string_view value) override {
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
@@ -169,14 +198,12 @@ class LmdbBackend final : public Backend {
     for (const auto& item : items) bytes += record_bytes(item.second);
     return b->env->write(
         [&](MDB_txn* txn) {
+          EntryWriter writer(txn, b->env->store_dbs(), b->region);
           for (const auto& [key, value] : items) {
             StoredKey stored(key);
-            if (Status s = put_entry(txn, b->env->store_dbs(), b->region, stored.bytes(), value);
-                !s) {
-              return s;
-            }
+            if (Status s = writer.put(stored.bytes(), value); !s) return s;
           }
-          return Status::ok();
+          return writer.finish();
         },
         bytes);
   }

@@ -230,13 +230,11 @@ LmdbEnv::Registry& LmdbEnv::current_registry() {
 // ---- LmdbEnv ----
 
 LmdbEnv::LmdbEnv(std::string path, const LmdbEnvOptions& options, std::uint64_t generation)
-    : path_(std::move(path)), options_(options), generation_(generation) {
-  readers_.reserve(kReaderPoolSize);
-}
+    : path_(std::move(path)), options_(options), generation_(generation) {}
 
-// Members go in reverse order: pooled readers are aborted, then the lock file
-// and the environment are closed.
-LmdbEnv::~LmdbEnv() = default;
+// Pooled readers are aborted first; then members go in reverse order: the
+// lock file and the environment are closed.
+LmdbEnv::~LmdbEnv() { drain_readers(); }
 
 Status LmdbEnv::acquire(const std::string& dir, const LmdbEnvOptions& options,
                         std::shared_ptr<LmdbEnv>& out) {
@@ -477,10 +475,7 @@ Status LmdbEnv::begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::share
       // Give back the slots our pooled readers keep, and those of dead
       // processes.
       checked_readers = true;
-      {
-        std::lock_guard pool_lock(readers_mutex_);
-        readers_.clear();
-      }
+      drain_readers();
       int dead = 0;
       mdb_reader_check(env_.get(), &dead);
       continue;
@@ -492,14 +487,7 @@ Status LmdbEnv::begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::share
 
 Status LmdbEnv::begin_read(ReadTxn& out) {
   out.end();
-  TxnPtr pooled;
-  {
-    std::lock_guard lock(readers_mutex_);
-    if (!readers_.empty()) {
-      pooled = std::move(readers_.back());
-      readers_.pop_back();
-    }
-  }
+  TxnPtr pooled = take_reader();
   if (pooled) {
     std::shared_lock map_lock(map_mutex_);
     if (mdb_txn_renew(pooled.get()) == MDB_SUCCESS) {
@@ -534,12 +522,31 @@ Status LmdbEnv::begin_write(WriteTxn& out) {
   return Status::ok();
 }
 
+TxnPtr LmdbEnv::take_reader() noexcept {
+  for (std::atomic<MDB_txn*>& slot : readers_) {
+    if (slot.load(std::memory_order_relaxed) == nullptr) continue;
+    if (MDB_txn* txn = slot.exchange(nullptr, std::memory_order_acquire)) return TxnPtr(txn);
+  }
+  return TxnPtr();
+}
+
 void LmdbEnv::recycle_reader(MDB_txn* txn) noexcept {
   mdb_txn_reset(txn);
-  TxnPtr reader(txn);
-  std::lock_guard lock(readers_mutex_);
-  // Capacity was reserved up front, so this does not allocate.
-  if (readers_.size() < kReaderPoolSize) readers_.push_back(std::move(reader));
+  for (std::atomic<MDB_txn*>& slot : readers_) {
+    MDB_txn* empty = nullptr;
+    if (slot.load(std::memory_order_relaxed) == nullptr &&
+        slot.compare_exchange_strong(empty, txn, std::memory_order_release,
+                                     std::memory_order_relaxed)) {
+      return;
+    }
+  }
+  mdb_txn_abort(txn);  // the pool is full
+}
+
+void LmdbEnv::drain_readers() noexcept {
+  for (std::atomic<MDB_txn*>& slot : readers_) {
+    if (MDB_txn* txn = slot.exchange(nullptr, std::memory_order_acquire)) mdb_txn_abort(txn);
+  }
 }
 
 std::uint64_t LmdbEnv::map_size() const noexcept {

@@ -32,6 +32,8 @@
 #include <lmdb.h>
 #include <sys/types.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -249,7 +251,12 @@ class LmdbEnv {
   // mdb_txn_begin with the MDB_MAP_RESIZED / MDB_READERS_FULL retries; on
   // success `lock` holds the map lock shared.
   Status begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::shared_mutex>& lock);
+  // A pooled reader (reset), or nullptr when the pool is empty.
+  TxnPtr take_reader() noexcept;
+  // Resets `txn` and pools it; aborts it when the pool is full.
   void recycle_reader(MDB_txn* txn) noexcept;
+  // Aborts every pooled reader, giving back their reader slots.
+  void drain_readers() noexcept;
 
   const std::string path_;
   const LmdbEnvOptions options_;
@@ -262,8 +269,9 @@ class LmdbEnv {
   std::shared_ptr<LockFile> lock_file_;
   std::shared_mutex map_mutex_;  // shared: any transaction; exclusive: remapping
 
-  std::mutex readers_mutex_;
-  std::vector<TxnPtr> readers_;  // reset read transactions, reused via mdb_txn_renew
+  // Reset read transactions, reused via mdb_txn_renew. A slot is emptied or
+  // filled with one atomic exchange, so a read takes no lock for its reader.
+  std::array<std::atomic<MDB_txn*>, kReaderPoolSize> readers_{};
 
   StoreDbs dbs_;  // set by open_store, then constant
   bool store_open_ = false;
@@ -273,6 +281,22 @@ class LmdbEnv {
   std::mutex regions_mutex_;
   std::map<std::string, RegionRef, std::less<>> regions_;  // by name
   std::map<std::uint32_t, std::string> region_names_;       // id -> name
+};
+
+// Reads that lend the stored bytes instead of copying them out. The lmdb
+// backend implements it (Region finds it with dynamic_cast, so a proxy in
+// front hides it) and Region uses it for byte-like values only: decoding
+// those runs no user code, and no user code may run while `use` does.
+class InPlaceReader {
+ public:
+  // Called with the bytes stored at the key, or nullptr on a miss, while
+  // they are valid (inside the read transaction).
+  using Use = void (*)(void* context, const std::string_view* bytes);
+  // Backend::get without the copy.
+  virtual Status read_in_place(std::string_view key, Use use, void* context) = 0;
+
+ protected:
+  ~InPlaceReader() = default;
 };
 
 // The "lmdb" registry factory (in lmdb_backend.cc).

@@ -65,12 +65,21 @@ std::array<char, 16> expiry_key(std::int64_t expires_at_ns, std::uint64_t seq) n
   return key;
 }
 
-std::string index_value(std::uint32_t region_id, std::string_view stored_key) {
-  std::string out(4 + stored_key.size(), '\0');
-  for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((region_id >> (8 * i)) & 0xff);
-  std::memcpy(out.data() + 4, stored_key.data(), stored_key.size());
-  return out;
-}
+// An index value (u32 LE region id + stored key), built in place.
+class IndexValue {
+ public:
+  IndexValue(std::uint32_t region_id, std::string_view stored_key) noexcept
+      : size_(4 + stored_key.size()) {
+    for (int i = 0; i < 4; ++i) bytes_[i] = static_cast<char>((region_id >> (8 * i)) & 0xff);
+    std::memcpy(bytes_.data() + 4, stored_key.data(), stored_key.size());
+  }
+  MDB_val val() noexcept { return MDB_val{size_, bytes_.data()}; }
+
+ private:
+  // Stored keys are at most kMaxInlineKeySize + 1 bytes (StoredKey).
+  std::array<char, 4 + kMaxInlineKeySize + 1> bytes_;
+  std::size_t size_;
+};
 
 // An LMDB failure in `txn`, naming the environment's directory.
 Status txn_status(MDB_txn* txn, int rc, std::string_view what) {
@@ -101,26 +110,26 @@ Status remove_index_entries(MDB_txn* txn, const StoreDbs& dbs, const EntryHeader
                         "cannot update the expiry index");
 }
 
-// The next write sequence, recorded in _meta.
-Status next_seq(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t& seq) {
+// The last write sequence handed out, from _meta (0 before the first).
+Status read_seq(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t& last) {
   MDB_val key = as_val(kSeqKey);
   MDB_val data{};
   const int rc = mdb_get(txn, dbs.meta, &key, &data);
-  std::uint64_t last = 0;
-  if (rc == MDB_SUCCESS) {
-    if (data.mv_size != 8) {
-      return Status::error(StatusCode::kCorruption, "bad seq record in _meta");
-    }
-    last = get_le64(static_cast<const char*>(data.mv_data));
-  } else if (rc != MDB_NOTFOUND) {
-    return txn_status(txn, rc, "cannot read the write sequence");
-  }
-  seq = last + 1;
+  last = 0;
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read the write sequence");
+  if (data.mv_size != 8) return Status::error(StatusCode::kCorruption, "bad seq record in _meta");
+  last = get_le64(static_cast<const char*>(data.mv_data));
+  return Status::ok();
+}
+
+Status write_seq(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t last) {
+  MDB_val key = as_val(kSeqKey);
   char bytes[8];
-  put_le64(bytes, seq);
+  put_le64(bytes, last);
   MDB_val value{sizeof bytes, bytes};
-  const int put = mdb_put(txn, dbs.meta, &key, &value, 0);
-  return put == MDB_SUCCESS ? Status::ok() : txn_status(txn, put, "cannot write the write sequence");
+  const int rc = mdb_put(txn, dbs.meta, &key, &value, 0);
+  return rc == MDB_SUCCESS ? Status::ok() : txn_status(txn, rc, "cannot write the write sequence");
 }
 
 // Usage added per region name while entries are removed.
@@ -340,45 +349,85 @@ Status find_region(LmdbEnv& env, std::string_view name, std::optional<RegionRef>
 
 Status put_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
                  std::string_view stored_key, std::string_view value) {
+  EntryWriter writer(txn, dbs, region);
+  if (Status s = writer.put(stored_key, value); !s) return s;
+  return writer.finish();
+}
+
+EntryWriter::~EntryWriter() {
+  if (cursor_ != nullptr) mdb_cursor_close(cursor_);
+}
+
+Status EntryWriter::next_seq(std::uint64_t& seq) {
+  if (!seq_loaded_) {
+    if (Status s = read_seq(txn_, dbs_, last_seq_); !s) return s;
+    seq_loaded_ = true;
+  }
+  seq = ++last_seq_;
+  return Status::ok();
+}
+
+Status EntryWriter::finish() {
+  if (!seq_loaded_) return Status::ok();  // nothing was put
+  return write_seq(txn_, dbs_, last_seq_);
+}
+
+Status EntryWriter::put(std::string_view stored_key, std::string_view value) {
+  if (cursor_ == nullptr) {
+    if (const int rc = mdb_cursor_open(txn_, region_.dbi, &cursor_); rc != MDB_SUCCESS) {
+      cursor_ = nullptr;
+      return txn_status(txn_, rc, "cannot open a cursor");
+    }
+  }
   MDB_val key = as_val(stored_key);
   MDB_val old{};
-  const int rc = mdb_get(txn, region.dbi, &key, &old);
-  if (rc == MDB_SUCCESS) {
+  const int rc = mdb_cursor_get(cursor_, &key, &old, MDB_SET_KEY);
+  const bool replacing = rc == MDB_SUCCESS;
+  if (replacing) {
     EntryHeader header;
     std::string_view envelope;
     if (split_entry(as_view(old), header, envelope)) {
-      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+      // Other databases: the cursor stays on the old entry.
+      if (Status s = remove_index_entries(txn_, dbs_, header); !s) return s;
     }
   } else if (rc != MDB_NOTFOUND) {
-    return txn_status(txn, rc, "cannot read an entry");
+    return txn_status(txn_, rc, "cannot read an entry");
   }
 
   EntryHeader header;
-  if (Status s = next_seq(txn, dbs, header.seq); !s) return s;
+  if (Status s = next_seq(header.seq); !s) return s;
   header.expires_at_ns = envelope_expiry(value);
 
   // MDB_RESERVE: the record is assembled in place, one copy of the value.
+  // MDB_CURRENT replaces the entry the cursor stands on without a second
+  // descent (LMDB does what mdb_put does for an existing key).
+  key = as_val(stored_key);
   MDB_val record{kEntryHeaderSize + value.size(), nullptr};
-  if (const int r = mdb_put(txn, region.dbi, &key, &record, MDB_RESERVE); r != MDB_SUCCESS) {
-    return txn_status(txn, r, "cannot write");
+  const unsigned flags = MDB_RESERVE | (replacing ? MDB_CURRENT : 0u);
+  if (const int r = mdb_cursor_put(cursor_, &key, &record, flags); r != MDB_SUCCESS) {
+    return txn_status(txn_, r, "cannot write");
   }
   char* out = static_cast<char*>(record.mv_data);
   put_le64(out, header.seq);
   put_le64(out + 8, static_cast<std::uint64_t>(header.expires_at_ns));
   if (!value.empty()) std::memcpy(out + kEntryHeaderSize, value.data(), value.size());
 
-  const std::string target = index_value(region.id, stored_key);
-  MDB_val target_val = as_val(target);
+  IndexValue target(region_.id, stored_key);
+  MDB_val target_val = target.val();
   auto written = written_key(header.seq);
   MDB_val written_val{written.size(), written.data()};
-  if (const int r = mdb_put(txn, dbs.written, &written_val, &target_val, 0); r != MDB_SUCCESS) {
-    return txn_status(txn, r, "cannot update the write index");
-  }
+  // Sequences only grow, so the new index entry goes at the end: MDB_APPEND
+  // skips the search and fills pages completely instead of splitting them
+  // in half. A store whose seq record fell behind its index takes the plain
+  // path.
+  int r = mdb_put(txn_, dbs_.written, &written_val, &target_val, MDB_APPEND);
+  if (r == MDB_KEYEXIST) r = mdb_put(txn_, dbs_.written, &written_val, &target_val, 0);
+  if (r != MDB_SUCCESS) return txn_status(txn_, r, "cannot update the write index");
   if (header.expires_at_ns != kNoExpiry) {
     auto expiry = expiry_key(header.expires_at_ns, header.seq);
     MDB_val expiry_val{expiry.size(), expiry.data()};
-    if (const int r = mdb_put(txn, dbs.expiry, &expiry_val, &target_val, 0); r != MDB_SUCCESS) {
-      return txn_status(txn, r, "cannot update the expiry index");
+    if (const int e = mdb_put(txn_, dbs_.expiry, &expiry_val, &target_val, 0); e != MDB_SUCCESS) {
+      return txn_status(txn_, e, "cannot update the expiry index");
     }
   }
   return Status::ok();

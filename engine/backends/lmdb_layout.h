@@ -135,6 +135,35 @@ Status find_region(LmdbEnv& env, std::string_view name, std::optional<RegionRef>
 Status put_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
                  std::string_view stored_key, std::string_view value);
 
+// put_entry for many entries of one region in one write transaction: the
+// region's cursor is opened once, and the write sequence is read from _meta
+// once and recorded there once, by finish(), which must run before the
+// transaction commits. Each put costs one descent of the region's tree
+// (the old entry is found and replaced in place), where put_entry alone
+// pays for the cursor and the sequence record every time.
+class EntryWriter {
+ public:
+  EntryWriter(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region) noexcept
+      : txn_(txn), dbs_(dbs), region_(region) {}
+  EntryWriter(const EntryWriter&) = delete;
+  EntryWriter& operator=(const EntryWriter&) = delete;
+  ~EntryWriter();
+
+  Status put(std::string_view stored_key, std::string_view value);
+  // Records the last write sequence handed out in _meta.
+  Status finish();
+
+ private:
+  Status next_seq(std::uint64_t& seq);
+
+  MDB_txn* const txn_;
+  const StoreDbs& dbs_;
+  const RegionRef& region_;
+  MDB_cursor* cursor_ = nullptr;  // on the region, opened by the first put
+  std::uint64_t last_seq_ = 0;    // read from _meta by the first put
+  bool seq_loaded_ = false;
+};
+
 // Removes the entry and its index entries; `erased` says whether there was one.
 Status erase_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
                    std::string_view stored_key, bool& erased);

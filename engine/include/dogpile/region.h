@@ -6,7 +6,9 @@
 // backend) regenerates it while the others are served the stale copy; on a
 // missing value the others wait for the creator and then read its value. Every
 // acquisition is followed by a re-read, so one expiry never causes two
-// creations. No backend transaction is open while a creator or codec runs.
+// creations. No backend transaction is open while a creator, a codec of a
+// user type, a clock or a logger runs (byte-like values, whose decoding runs
+// no user code, are decoded straight from an lmdb read).
 //
 //   dogpile::Region region({.name = "users", .expiration_time = std::chrono::minutes(10)},
 //                          "lmdb", {{"path", "/var/cache/app"}});
@@ -47,6 +49,7 @@
 namespace dogpile {
 
 namespace internal {
+class InPlaceReader;
 class KeyedMutexTable;
 class LogLimiter;
 }  // namespace internal
@@ -219,19 +222,22 @@ class Region {
   void note_full(const Status& status);
 
   std::string mangle(std::string_view key) const;
+  // The stored key of `key`: `key` itself without a key_mangler (no copy),
+  // else the mangler's result, kept in `storage`.
+  std::string_view mangle(std::string_view key, std::string& storage) const;
   void require_configured() const;
   void require_unconfigured() const;
   // Reads `stored_key` into `entry`: decodes and checks the envelope and
   // decides freshness for a value of type tag/schema (any type when tag == 0).
-  void read_entry(const std::string& stored_key, std::uint64_t tag, std::uint32_t schema,
+  void read_entry(std::string_view stored_key, std::uint64_t tag, std::uint32_t schema,
                   const GetOptions& call, Entry& entry);
   // Codec-level decode failure of a checksum-valid entry.
-  void note_undecodable(const std::string& stored_key);
+  void note_undecodable(std::string_view stored_key);
   EnvelopeMeta new_meta(const std::optional<Duration>& ttl) const;
-  std::optional<std::string_view> full_key_for(const std::string& stored_key) const;
-  Status store(const std::string& stored_key, const std::string& envelope);
-  void report(LogLevel level, const std::string& stored_key, const std::string& message);
-  std::unique_ptr<CreationMutex> creation_mutex(const std::string& stored_key);
+  std::optional<std::string_view> full_key_for(std::string_view stored_key) const;
+  Status store(std::string_view stored_key, const std::string& envelope);
+  void report(LogLevel level, std::string_view stored_key, const std::string& message);
+  std::unique_ptr<CreationMutex> creation_mutex(std::string_view stored_key);
   // A blocking acquisition, counted and timed for the statistics.
   Status wait_for_lock(CreationMutex& mutex);
 
@@ -241,12 +247,24 @@ class Region {
     void operator()(CreationMutex* slot) const noexcept;
   };
   using CreationSlot = std::unique_ptr<CreationMutex, SlotRelease>;
-  CreationSlot acquire_creation_slot(const std::string& stored_key);
-  [[noreturn]] void throw_lock_timeout(const std::string& stored_key);
+  CreationSlot acquire_creation_slot(std::string_view stored_key);
+  [[noreturn]] void throw_lock_timeout(std::string_view stored_key);
 
   // Decodes and checks fetched bytes into `entry` (read_entry's second half).
-  void classify(const std::string& stored_key, std::optional<std::string> bytes,
+  void classify(std::string_view stored_key, std::optional<std::string> bytes,
                 std::uint64_t tag, std::uint32_t schema, const GetOptions& call, Entry& entry);
+  // The state of a valid entry with `meta`: hard invalidation, expiry and
+  // soft invalidation (classify's last step).
+  State judge(const EnvelopeMeta& meta, const GetOptions& call) const;
+  // Whether `bytes` is a valid envelope for `stored_key` of type tag/schema;
+  // counts and reports nothing (classify does that).
+  bool envelope_matches(std::string_view stored_key, std::string_view bytes, std::uint64_t tag,
+                        std::uint32_t schema, EnvelopeView& view) const noexcept;
+  // A failed backend read: counted and reported, then treated as a miss.
+  void note_read_failure(std::string_view stored_key, const Status& status);
+  // The backend's in-place read (in_place_ must be set).
+  Status read_in_place(std::string_view stored_key, void (*use)(void*, const std::string_view*),
+                       void* context);
   // As read_entry for many keys in one backend call; `entries` has one slot per key.
   void read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
                     std::uint32_t schema, const GetOptions& call, std::vector<Entry>& entries);
@@ -255,7 +273,7 @@ class Region {
 
   // Decodes a read entry as a T; fills `value` (and `meta`) for fresh and stale entries.
   template <class T>
-  State decode_entry(const std::string& stored_key, const Entry& entry, std::optional<T>& value,
+  State decode_entry(std::string_view stored_key, const Entry& entry, std::optional<T>& value,
                      Metadata* meta = nullptr);
   template <class T>
   std::vector<State> lookup_multi(const std::vector<std::string>& stored_keys,
@@ -263,23 +281,28 @@ class Region {
   // Encodes `value` into `envelope`; a value the codec cannot carry, or one
   // over max_value_size, is an error naming the key (never stored).
   template <class T>
-  Status encode_entry(const std::string& stored_key, const T& value,
+  Status encode_entry(std::string_view stored_key, const T& value,
                       const std::optional<Duration>& ttl, std::string& envelope);
-  Status check_encoded_size(const std::string& stored_key, const std::string& envelope) const;
-  Status encode_failure(const std::string& stored_key, const char* what) const;
+  Status check_encoded_size(std::string_view stored_key, const std::string& envelope) const;
+  Status encode_failure(std::string_view stored_key, const char* what) const;
   template <class T>
   Status encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
                      const std::optional<Duration>& ttl);
 
   // Reads `stored_key` as a T; fills `value` (and `meta`) for fresh and stale entries.
   template <class T>
-  State lookup(const std::string& stored_key, const GetOptions& call, std::optional<T>& value,
+  State lookup(std::string_view stored_key, const GetOptions& call, std::optional<T>& value,
                Metadata* meta = nullptr);
+  // lookup for byte-like T over a backend that lends its bytes: the value is
+  // decoded straight from them, without copying the envelope first.
+  template <class T>
+  State lookup_in_place(std::string_view stored_key, const GetOptions& call,
+                        std::optional<T>& value, Metadata* meta);
   // Runs the creator and stores its result; the caller holds the lock (or chose not to).
   // Hands a won creation lock and a copy of the creator to the async runner,
   // which re-reads, creates, stores and then releases the lock.
   template <class T, class Creator>
-  void regenerate_async(const std::string& stored_key, Creator&& creator,
+  void regenerate_async(std::string_view stored_key, Creator&& creator,
                         const CreateOptions<T>& options, std::unique_ptr<CreationMutex> mutex);
   void job_started();
   void job_finished() noexcept;
@@ -288,11 +311,13 @@ class Region {
   // caller holds the key's lock (or chose not to). `stale` is served instead
   // of a creator exception when serve_stale_on_error is set.
   template <class T, class Creator>
-  T create_and_store(const std::string& stored_key, Creator& creator, const CreateOptions<T>& call,
+  T create_and_store(std::string_view stored_key, Creator& creator, const CreateOptions<T>& call,
                      const std::optional<T>& stale);
 
   RegionOptions options_;
   std::shared_ptr<Backend> backend_;
+  // The backend's in-place reads, when it has them (set by configure).
+  internal::InPlaceReader* in_place_ = nullptr;
   std::unique_ptr<internal::KeyedMutexTable> local_locks_;  // when the backend has no mutex
   std::unique_ptr<internal::LogLimiter> log_limiter_;
   Counters counters_;
@@ -314,7 +339,7 @@ class Region {
 Metadata metadata_from(const EnvelopeMeta& meta);
 
 template <class T>
-Region::State Region::decode_entry(const std::string& stored_key, const Entry& entry,
+Region::State Region::decode_entry(std::string_view stored_key, const Entry& entry,
                                    std::optional<T>& value, Metadata* meta) {
   value.reset();
   if (entry.state == State::kMissing) return State::kMissing;
@@ -329,11 +354,71 @@ Region::State Region::decode_entry(const std::string& stored_key, const Entry& e
 }
 
 template <class T>
-Region::State Region::lookup(const std::string& stored_key, const GetOptions& call,
+Region::State Region::lookup(std::string_view stored_key, const GetOptions& call,
                              std::optional<T>& value, Metadata* meta) {
+  if constexpr (kIsRawCodable<T>) {
+    if (in_place_ != nullptr) return lookup_in_place(stored_key, call, value, meta);
+  }
   Entry entry;
   read_entry(stored_key, type_tag<T>(), schema_version<T>(), call, entry);
   return decode_entry(stored_key, entry, value, meta);
+}
+
+template <class T>
+Region::State Region::lookup_in_place(std::string_view stored_key, const GetOptions& call,
+                                      std::optional<T>& value, Metadata* meta) {
+  struct Read {
+    Read(Region& r, std::string_view k, std::optional<T>& v) : region(r), stored_key(k), value(v) {}
+    Region& region;
+    const std::string_view stored_key;
+    std::optional<T>& value;
+    EnvelopeMeta envelope;
+    bool found = false;
+    bool decoded = false;
+    std::optional<std::string> copy;  // bytes that take the copying path
+  };
+  // Runs inside the backend's read: only the envelope checks and the
+  // payload decoding, neither of which runs user code. Anything but a good
+  // entry of this type is copied out and judged by classify afterwards,
+  // which counts and reports it.
+  const auto use = [](void* context, const std::string_view* bytes) {
+    Read& read = *static_cast<Read*>(context);
+    if (bytes == nullptr) return;
+    read.found = true;
+    EnvelopeView view;
+    if (read.region.envelope_matches(read.stored_key, *bytes, type_tag<T>(), schema_version<T>(),
+                                     view)) {
+      T decoded{};
+      if (decode_payload<T>(view.meta.codec, view.payload, decoded)) {
+        read.value.emplace(std::move(decoded));
+        read.envelope = view.meta;
+        read.decoded = true;
+        return;
+      }
+    }
+    read.copy.emplace(*bytes);
+  };
+  value.reset();
+  Read read(*this, stored_key, value);
+  if (Status s = read_in_place(stored_key, use, &read); !s) {
+    note_read_failure(stored_key, s);
+    value.reset();
+    return State::kMissing;
+  }
+  if (!read.found) return State::kMissing;
+  if (!read.decoded) {
+    Entry entry;
+    classify(stored_key, std::move(read.copy), type_tag<T>(), schema_version<T>(), call, entry);
+    return decode_entry(stored_key, entry, value, meta);
+  }
+  // Freshness is judged after the read: the clock and the stamps may be the caller's code.
+  const State state = judge(read.envelope, call);
+  if (state == State::kMissing) {
+    value.reset();
+  } else if (meta != nullptr) {
+    *meta = metadata_from(read.envelope);
+  }
+  return state;
 }
 
 template <class T>
@@ -352,7 +437,7 @@ std::vector<Region::State> Region::lookup_multi(const std::vector<std::string>& 
 }
 
 template <class T>
-Status Region::encode_entry(const std::string& stored_key, const T& value,
+Status Region::encode_entry(std::string_view stored_key, const T& value,
                             const std::optional<Duration>& ttl, std::string& envelope) {
   try {
     encode_value(options_.codec, value, new_meta(ttl), full_key_for(stored_key), envelope);
@@ -375,7 +460,8 @@ template <RegisteredType T>
 std::optional<T> Region::get(std::string_view key, const GetOptions& call) {
   OperationScope operation(*this);
   std::optional<T> value;
-  const State state = lookup<T>(mangle(key), call, value);
+  std::string storage;
+  const State state = lookup<T>(mangle(key, storage), call, value);
   if (state == State::kFresh) {
     counters_.hits.fetch_add(1, std::memory_order_relaxed);
     return value;
@@ -389,7 +475,8 @@ std::optional<CachedValue<T>> Region::get_value(std::string_view key, const GetO
   OperationScope operation(*this);
   std::optional<T> value;
   Metadata meta;
-  const State state = lookup<T>(mangle(key), call, value, &meta);
+  std::string storage;
+  const State state = lookup<T>(mangle(key, storage), call, value, &meta);
   if (state == State::kFresh) {
     counters_.hits.fetch_add(1, std::memory_order_relaxed);
     return CachedValue<T>{std::move(*value), meta};
@@ -402,14 +489,15 @@ template <RegisteredType T>
 void Region::set(std::string_view key, const T& value, const SetOptions& options) {
   static_assert(std::is_default_constructible_v<T>, "cached types must be default-constructible");
   OperationScope operation(*this);
-  const std::string stored_key = mangle(key);
+  std::string storage;
+  const std::string_view stored_key = mangle(key, storage);
   std::string envelope;
   if (Status s = encode_entry(stored_key, value, options.ttl, envelope); !s) throw Error(s);
   throw_if_error(store(stored_key, envelope));
 }
 
 template <class T, class Creator>
-T Region::create_and_store(const std::string& stored_key, Creator& creator,
+T Region::create_and_store(std::string_view stored_key, Creator& creator,
                            const CreateOptions<T>& call, const std::optional<T>& stale) {
   std::optional<T> created;
   {
@@ -461,13 +549,20 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
   static_assert(std::is_convertible_v<std::invoke_result_t<Creator&>, T>,
                 "the creator must return a value convertible to T");
   OperationScope operation(*this);
-  const std::string stored_key = mangle(key);
+  std::string storage;
+  std::string_view stored_key = mangle(key, storage);
   const GetOptions call = options.read_options();
   std::optional<T> value;
   const State state = lookup<T>(stored_key, call, value);
   if (state == State::kFresh) {
     counters_.hits.fetch_add(1, std::memory_order_relaxed);
     return std::move(*value);
+  }
+  // From here on the creator may run: the key is copied, so nothing the
+  // creator does to the caller's string can change it.
+  if (stored_key.data() != storage.data()) {
+    storage.assign(stored_key);
+    stored_key = storage;
   }
 
   // The mutex object's destructor releases the lock on every path out,
@@ -683,7 +778,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
 
 
 template <class T, class Creator>
-void Region::regenerate_async(const std::string& stored_key, Creator&& creator,
+void Region::regenerate_async(std::string_view stored_key, Creator&& creator,
                               const CreateOptions<T>& options,
                               std::unique_ptr<CreationMutex> mutex) {
   struct Job {
@@ -694,7 +789,7 @@ void Region::regenerate_async(const std::string& stored_key, Creator&& creator,
   };
   mutex->hand_over();  // from here on this thread asking again is busy, not reentrant
   auto job = std::make_shared<Job>(
-      Job{stored_key, std::forward<Creator>(creator), options, std::move(mutex)});
+      Job{std::string(stored_key), std::forward<Creator>(creator), options, std::move(mutex)});
   job_started();
   try {
     options_.async_runner->submit([this, job] {
