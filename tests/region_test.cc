@@ -1244,3 +1244,384 @@ TEST_CASE("a region publishes its counters in batches", "[region][stats]") {
     CHECK_THROWS_AS(Region(negative, chain), ConfigError);
   }
 }
+
+// The same cases on a real lmdb backend. Byte-like values (std::string, byte
+// vectors) are decoded straight from the lmdb read; a struct takes the copying
+// path. Every check must hold on both, so a shortcut that skips one shows here.
+namespace {
+
+// Laid out like Point (two ints, cereal binary): only the type tag tells them apart.
+struct Pair {
+  int a = 0;
+  int b = 0;
+  bool operator==(const Pair&) const = default;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(a, b);
+  }
+};
+
+}  // namespace
+
+DOGPILE_REGISTER_TYPE(Pair, "test.Pair", 1);
+
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+
+// A type whose payload decodes as T's payload would: only the type check
+// keeps one from being read as the other.
+template <class T>
+struct OtherOf;
+template <>
+struct OtherOf<std::string> {
+  using type = Bytes;
+};
+template <>
+struct OtherOf<Bytes> {
+  using type = std::string;
+};
+template <>
+struct OtherOf<Point> {
+  using type = Pair;
+};
+
+template <class T>
+T sample(int n) {
+  if constexpr (std::is_same_v<T, Point>) {
+    return Point{n, 1000 + n};
+  } else if constexpr (std::is_same_v<T, Pair>) {
+    return Pair{n, 1000 + n};
+  } else {
+    const std::string s = "value-" + std::to_string(n) + std::string(40, 'x');
+    return T(s.begin(), s.end());
+  }
+}
+
+std::int64_t ns_of(WallTime t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+struct LmdbFixture {
+  dogpile::test::TempDir dir;
+  std::shared_ptr<FakeClock> clock = std::make_shared<FakeClock>();
+  std::shared_ptr<Backend> backend =
+      open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "fast"});
+  std::vector<std::string> logs;
+  std::mutex logs_mu;
+
+  RegionOptions options(std::optional<Duration> expiration = std::nullopt) {
+    return RegionOptions{.name = "fast",
+                         .expiration_time = expiration,
+                         .clock = clock,
+                         .logger = [this](LogLevel, std::string_view m) {
+                           std::lock_guard lock(logs_mu);
+                           logs.emplace_back(m);
+                         }};
+  }
+  std::size_t logs_containing(std::string_view word) {
+    std::lock_guard lock(logs_mu);
+    std::size_t n = 0;
+    for (const std::string& m : logs) n += m.find(word) != std::string::npos ? 1 : 0;
+    return n;
+  }
+  // A valid envelope of T as the region would write it now.
+  template <class T>
+  std::string envelope(const T& value, std::optional<std::string_view> full_key = std::nullopt) {
+    const EnvelopeMeta meta{.type_tag = type_tag<T>(),
+                            .schema_version = schema_version<T>(),
+                            .codec = CodecId::kBinary,
+                            .created_at_ns = ns_of(clock->now())};
+    std::string payload;
+    encode_payload(CodecId::kBinary, value, payload);
+    return encode_envelope(meta, full_key, payload);
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("lmdb: a hit returns the exact value and metadata", "[region][lmdb][inplace]",
+                   std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(1h), f.backend);
+  const T v = sample<T>(1);
+  region.set<T>("k", v);
+  CHECK(region.get<T>("k") == v);
+  const auto cached = region.get_value<T>("k");
+  REQUIRE(cached);
+  CHECK(cached->payload == v);
+  CHECK(cached->metadata.created_at == f.clock->now());
+  CHECK_FALSE(cached->metadata.expires_at.has_value());
+  CHECK(cached->metadata.type_tag == type_tag<T>());
+  CHECK(cached->metadata.schema_version == schema_version<T>());
+  CHECK(cached->metadata.codec == CodecId::kBinary);
+  f.clock->advance(10min);
+  int calls = 0;
+  CHECK(region.get_or_create<T>("k", [&] {
+    ++calls;
+    return sample<T>(2);
+  }) == v);
+  CHECK(calls == 0);
+
+  // A per-entry ttl comes back in the metadata.
+  const WallTime stored_at = f.clock->now();
+  region.set<T>("ttl", sample<T>(3), SetOptions{.ttl = 5min});
+  const auto with_ttl = region.get_value<T>("ttl");
+  REQUIRE(with_ttl);
+  CHECK(with_ttl->payload == sample<T>(3));
+  CHECK(with_ttl->metadata.created_at == stored_at);
+  REQUIRE(with_ttl->metadata.expires_at.has_value());
+  CHECK(*with_ttl->metadata.expires_at == stored_at + 5min);
+
+  // Neighbouring keys do not bleed into each other.
+  region.set<T>("k2", sample<T>(4));
+  CHECK(region.get<T>("k") == v);
+  CHECK(region.get<T>("k2") == sample<T>(4));
+  CHECK_FALSE(region.get<T>("k3"));
+
+  const RegionStats s = region.stats();
+  CHECK(s.hits == 6);
+  CHECK(s.misses == 1);
+  CHECK(s.creations == 0);
+  CHECK(s.corruptions == 0);
+  CHECK(s.mismatches == 0);
+  CHECK(f.logs.empty());
+}
+
+TEMPLATE_TEST_CASE("lmdb: a stale entry is regenerated by get_or_create",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(1min), f.backend);
+  region.set<T>("k", sample<T>(1));
+  CHECK(region.get<T>("k") == sample<T>(1));
+  f.clock->advance(2min);
+  CHECK_FALSE(region.get<T>("k"));
+  CHECK_FALSE(region.get_value<T>("k"));
+  CHECK(region.get<T>("k", GetOptions{.ignore_expiration = true}) == sample<T>(1));
+  CHECK(region.get<T>("k", GetOptions{.expiration_time = Duration(1h)}) == sample<T>(1));
+  int calls = 0;
+  const auto create = [&] {
+    ++calls;
+    return sample<T>(2);
+  };
+  CHECK(region.get_or_create<T>("k", create) == sample<T>(2));
+  CHECK(calls == 1);
+  CHECK(region.get_or_create<T>("k", create) == sample<T>(2));
+  CHECK(calls == 1);
+  const auto cached = region.get_value<T>("k");
+  REQUIRE(cached);
+  CHECK(cached->payload == sample<T>(2));
+  CHECK(cached->metadata.created_at == f.clock->now());
+  // A per-entry ttl that ran out makes it stale too.
+  region.set<T>("ttl", sample<T>(3), SetOptions{.ttl = 30s});
+  f.clock->advance(31s);
+  CHECK_FALSE(region.get<T>("ttl"));
+  CHECK(region.get_or_create<T>("ttl", [] { return sample<T>(4); }) == sample<T>(4));
+  CHECK(region.stats().creations == 2);
+  CHECK(region.stats().corruptions == 0);
+  CHECK(region.stats().mismatches == 0);
+}
+
+TEMPLATE_TEST_CASE("lmdb: corrupt entries are misses, counted, logged once, regenerated",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(), f.backend);
+  const T v = sample<T>(1);
+
+  SECTION("garbage bytes under the key") {
+    region.set<T>("k", v);
+    REQUIRE(f.backend->set("k", "definitely not an envelope, just some bytes"));
+  }
+  SECTION("a valid envelope with one payload byte flipped") {
+    // The hand-built envelope reads back as the value, so the flipped byte
+    // is the only thing wrong with it.
+    std::string bytes = f.envelope(v);
+    REQUIRE(f.backend->set("k", bytes));
+    REQUIRE(region.get<T>("k") == v);
+    REQUIRE(region.stats().corruptions == 0);
+    bytes[bytes.size() - kEnvelopeTrailerSize - 1] ^= 0x01;  // last payload byte
+    REQUIRE(f.backend->set("k", bytes));
+  }
+  SECTION("a valid envelope with a header byte flipped") {
+    std::string bytes = f.envelope(v);
+    bytes[kEnvelopeHeaderSize - 9] ^= 0x01;  // inside the payload length
+    REQUIRE(f.backend->set("k", bytes));
+  }
+  SECTION("a valid envelope cut short") {
+    std::string bytes = f.envelope(v);
+    bytes.pop_back();
+    REQUIRE(f.backend->set("k", bytes));
+  }
+
+  CHECK_FALSE(region.get<T>("k"));
+  CHECK_FALSE(region.get<T>("k"));
+  CHECK_FALSE(region.get_value<T>("k"));
+  CHECK_FALSE(region.get_value_metadata("k"));
+  CHECK(region.stats().corruptions == 4);
+  CHECK(region.stats().mismatches == 0);
+  CHECK(f.logs.size() == 1);
+  CHECK(f.logs_containing("corrupt") == 1);
+  int calls = 0;
+  CHECK(region.get_or_create<T>("k", [&] {
+    ++calls;
+    return sample<T>(2);
+  }) == sample<T>(2));
+  CHECK(calls == 1);
+  CHECK(region.get<T>("k") == sample<T>(2));
+  CHECK(region.stats().corruptions == 6);  // get_or_create reads before and after locking
+}
+
+TEMPLATE_TEST_CASE("lmdb: raw bytes that are not an envelope are a corruption miss",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(), f.backend);
+  // The bare payload, as a raw store would hold it.
+  std::string payload;
+  encode_payload(CodecId::kBinary, sample<T>(1), payload);
+  REQUIRE(f.backend->set("payload", payload));
+  REQUIRE(f.backend->set("empty", ""));
+  // A good envelope's header with nothing after it.
+  REQUIRE(f.backend->set("header", f.envelope(sample<T>(1)).substr(0, kEnvelopeHeaderSize)));
+  for (const char* key : {"payload", "empty", "header"}) {
+    INFO(key);
+    CHECK_FALSE(region.get<T>(key));
+    CHECK_FALSE(region.get_value<T>(key));
+  }
+  CHECK(region.stats().corruptions == 6);
+  CHECK(region.stats().mismatches == 0);
+  CHECK(f.logs_containing("corrupt") == 3);
+  CHECK(region.get_or_create<T>("payload", [] { return sample<T>(2); }) == sample<T>(2));
+  CHECK(region.get<T>("payload") == sample<T>(2));
+}
+
+TEMPLATE_TEST_CASE("lmdb: an entry of another type is a mismatch, never decoded",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  using Other = typename OtherOf<T>::type;
+  LmdbFixture f;
+  Region region(f.options(), f.backend);
+  // Another Region object over the same directory and region name.
+  Region other(f.options(), "lmdb", {{"path", f.dir.path()}});
+  other.set<Other>("k", sample<Other>(1));
+  REQUIRE(other.get<Other>("k") == sample<Other>(1));
+  CHECK_FALSE(region.get<T>("k"));
+  CHECK_FALSE(region.get_value<T>("k"));
+  CHECK(region.stats().mismatches == 2);
+  CHECK(region.stats().corruptions == 0);
+  CHECK(f.logs_containing("corrupt") == 0);
+  const auto meta = region.get_value_metadata("k");  // of any type
+  REQUIRE(meta);
+  CHECK(meta->type_tag == type_tag<Other>());
+  int calls = 0;
+  CHECK(region.get_or_create<T>("k", [&] {
+    ++calls;
+    return sample<T>(2);
+  }) == sample<T>(2));
+  CHECK(calls == 1);
+  CHECK(region.get<T>("k") == sample<T>(2));
+  // Now the other side sees a mismatch.
+  CHECK_FALSE(other.get<Other>("k"));
+  CHECK(other.stats().mismatches == 1);
+
+  // Same type tag, another schema version: a mismatch too.
+  EnvelopeMeta newer{.type_tag = type_tag<T>(),
+                     .schema_version = schema_version<T>() + 1,
+                     .codec = CodecId::kBinary,
+                     .created_at_ns = ns_of(f.clock->now())};
+  std::string payload;
+  encode_payload(CodecId::kBinary, sample<T>(3), payload);
+  REQUIRE(f.backend->set("schema", encode_envelope(newer, std::nullopt, payload)));
+  CHECK_FALSE(region.get<T>("schema"));
+  CHECK(region.stats().mismatches == 5);  // 2, get_or_create's two reads, this
+  CHECK(region.stats().corruptions == 0);
+}
+
+TEMPLATE_TEST_CASE("lmdb: long keys round-trip; another full key is a mismatch",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(), f.backend);
+  const std::string long_a(600, 'a');
+  std::string long_b = long_a;
+  long_b.back() = 'b';
+  region.set<T>(long_a, sample<T>(1));
+  region.set<T>(long_b, sample<T>(2));
+  CHECK(region.get<T>(long_a) == sample<T>(1));
+  CHECK(region.get<T>(long_b) == sample<T>(2));
+  const auto cached = region.get_value<T>(long_a);
+  REQUIRE(cached);
+  CHECK(cached->payload == sample<T>(1));
+  for (std::size_t size : {kMaxInlineKeySize, kMaxInlineKeySize + 1, std::size_t{4000}}) {
+    const std::string key(size, 'k');
+    region.set<T>(key, sample<T>(static_cast<int>(size)));
+    CHECK(region.get<T>(key) == sample<T>(static_cast<int>(size)));
+  }
+  CHECK(region.stats().mismatches == 0);
+
+  // A hand-built envelope with the right full key reads back...
+  REQUIRE(f.backend->set(long_a, f.envelope(sample<T>(3), long_a)));
+  CHECK(region.get<T>(long_a) == sample<T>(3));
+  // ...one carrying another full key at long_a's place is a mismatch.
+  REQUIRE(f.backend->set(long_a, f.envelope(sample<T>(4), long_b)));
+  CHECK_FALSE(region.get<T>(long_a));
+  CHECK_FALSE(region.get_value<T>(long_a));
+  CHECK(region.stats().mismatches == 2);
+  // So is one without any full key under a long key, and one with a full key under a short key.
+  REQUIRE(f.backend->set(long_a, f.envelope(sample<T>(5))));
+  CHECK_FALSE(region.get<T>(long_a));
+  REQUIRE(f.backend->set("short", f.envelope(sample<T>(6), std::string_view("short"))));
+  CHECK_FALSE(region.get<T>("short"));
+  CHECK(region.stats().mismatches == 4);
+  CHECK(region.stats().corruptions == 0);
+  // long_b was not touched, and long_a is regenerated.
+  CHECK(region.get<T>(long_b) == sample<T>(2));
+  CHECK(region.get_or_create<T>(long_a, [] { return sample<T>(7); }) == sample<T>(7));
+  CHECK(region.get<T>(long_a) == sample<T>(7));
+}
+
+TEMPLATE_TEST_CASE("lmdb: hard invalidation makes values missing, soft regenerates once",
+                   "[region][lmdb][inplace]", std::string, Bytes, Point) {
+  using T = TestType;
+  LmdbFixture f;
+  Region region(f.options(), f.backend);
+  int calls = 0;
+  const auto create = [&] {
+    ++calls;
+    return sample<T>(10 + calls);
+  };
+  region.set<T>("k", sample<T>(1));
+  f.clock->advance(1s);
+
+  SECTION("hard") {
+    region.invalidate(true);
+    f.clock->advance(1s);
+    CHECK_FALSE(region.get<T>("k"));
+    CHECK_FALSE(region.get_value<T>("k"));
+    CHECK_FALSE(region.get<T>("k", GetOptions{.ignore_expiration = true}));
+    CHECK_FALSE(region.get_value_metadata("k"));
+    CHECK(region.get_or_create<T>("k", create) == sample<T>(11));
+    CHECK(calls == 1);
+    CHECK(region.get<T>("k") == sample<T>(11));
+  }
+  SECTION("soft") {
+    region.invalidate(false);
+    f.clock->advance(1s);
+    CHECK_FALSE(region.get<T>("k"));
+    CHECK(region.get<T>("k", GetOptions{.ignore_expiration = true}) == sample<T>(1));
+    CHECK(region.get_value_metadata("k").has_value());
+    CHECK(region.get_or_create<T>("k", create) == sample<T>(11));
+    CHECK(calls == 1);
+    CHECK(region.get_or_create<T>("k", create) == sample<T>(11));
+    CHECK(calls == 1);
+    CHECK(region.get<T>("k") == sample<T>(11));
+  }
+  // Another region object over the same directory sees the same stamps.
+  Region again(f.options(), "lmdb", {{"path", f.dir.path()}});
+  CHECK(again.get<T>("k") == sample<T>(11));
+  CHECK(region.stats().corruptions == 0);
+  CHECK(region.stats().mismatches == 0);
+}
