@@ -105,22 +105,16 @@ class LmdbBackend final : public Backend, public InPlaceReader {
     return Status::ok();
   }
 
+  // read_in_place with a copy: the transaction ends on return, before any
+  // caller code runs.
   Status get(std::string_view key, std::optional<std::string>& value) override {
-    const Binding* b = nullptr;
-    if (Status s = binding(b); !s) return s;
-    ReadTxn txn;
-    if (Status s = b->env->begin_read(txn); !s) return s;
-    StoredKey stored(key);
-    MDB_val k = stored.val();
-    MDB_val v{};
-    const int rc = mdb_get(txn.get(), b->region.dbi, &k, &v);
-    if (rc == MDB_NOTFOUND) {
-      value.reset();
-      return Status::ok();
-    }
-    if (rc != MDB_SUCCESS) return b->env->status(rc, "cannot read");
-    // The transaction ends on return, before any caller code runs.
-    return copy_value(*b->env, v, value);
+    value.reset();
+    return read_in_place(
+        key,
+        [](void* out, const std::string_view* bytes) {
+          if (bytes != nullptr) static_cast<std::optional<std::string>*>(out)->emplace(*bytes);
+        },
+        &value);
   }
 
   // As get, with the value lent from the map inside the read transaction.
