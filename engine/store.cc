@@ -66,10 +66,6 @@ MDB_val as_val(std::string_view bytes) noexcept {
   return MDB_val{bytes.size(), const_cast<char*>(bytes.data())};
 }
 
-void append_be64(std::string& out, std::uint64_t v) {
-  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>(v >> shift));
-}
-
 std::uint32_t load_le32(const char* p) noexcept {
   std::uint32_t v = 0;
   for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
@@ -80,34 +76,6 @@ std::uint64_t load_le64(const char* p) noexcept {
   std::uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
   return v;
-}
-
-void append_le32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-
-// `_expiry` keys order by expires_at with the sign bit flipped.
-constexpr std::uint64_t kExpiryBias = std::uint64_t{1} << 63;
-
-std::string written_key(std::uint64_t seq) {
-  std::string key;
-  append_be64(key, seq);
-  return key;
-}
-
-std::string expiry_key(std::int64_t expires_at_ns, std::uint64_t seq) {
-  std::string key;
-  append_be64(key, static_cast<std::uint64_t>(expires_at_ns) ^ kExpiryBias);
-  append_be64(key, seq);
-  return key;
-}
-
-// The value of an index entry naming `stored_key` of region `region_id`.
-std::string index_value(std::uint32_t region_id, std::string_view stored_key) {
-  std::string value;
-  append_le32(value, region_id);
-  value += stored_key;
-  return value;
 }
 
 bool starts_with(std::string_view s, std::string_view prefix) noexcept {
@@ -797,7 +765,7 @@ Status Store::Impl::verify(const Progress& progress, VerifyReport& out) {
                       " differs from the envelope's " + std::to_string(expected));
         }
       }
-      const std::string target = index_value(ref.id, stored);
+      const std::string target = internal::make_index_value(ref.id, stored);
       const auto check_index = [&](MDB_dbi dbi, const std::string& key,
                                    std::string_view name) -> Status {
         MDB_val ik = as_val(key);
@@ -816,12 +784,15 @@ Status Store::Impl::verify(const Progress& progress, VerifyReport& out) {
         }
         return Status::ok();
       };
-      if (Status s = check_index(dbs.written, written_key(header.seq), internal::kWrittenDb); !s) {
+      if (Status s = check_index(dbs.written, internal::make_written_key(header.seq),
+                                 internal::kWrittenDb);
+          !s) {
         return s;
       }
       if (header.expires_at_ns != internal::kNoExpiry) {
-        if (Status s = check_index(dbs.expiry, expiry_key(header.expires_at_ns, header.seq),
-                                   internal::kExpiryDb);
+        if (Status s = check_index(
+                dbs.expiry, internal::make_expiry_key(header.expires_at_ns, header.seq),
+                internal::kExpiryDb);
             !s) {
           return s;
         }

@@ -147,6 +147,18 @@ std::string encode_envelope(const EnvelopeMeta& meta, std::optional<std::string_
   return out;
 }
 
+std::optional<std::int64_t> peek_envelope_expiry(std::string_view bytes) noexcept {
+  if (bytes.size() < kMinEnvelopeSize) return std::nullopt;
+  const char* const data = bytes.data();
+  if (load_le<std::uint32_t>(data + kMagicOffset) != kEnvelopeMagic ||
+      static_cast<std::uint8_t>(data[kVersionOffset]) != kEnvelopeFormatVersion) {
+    return std::nullopt;
+  }
+  const std::uint16_t flags = load_le<std::uint16_t>(data + kFlagsOffset);
+  if ((flags & ~kKnownFlags) != 0 || (flags & kFlagExpires) == 0) return std::nullopt;
+  return static_cast<std::int64_t>(load_le<std::uint64_t>(data + kExpiresOffset));
+}
+
 DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
                              EnvelopeView& out) noexcept {
   const std::size_t size = bytes.size();

@@ -519,3 +519,32 @@ TEST_CASE("byte payloads with a lying length prefix are refused without allocati
     }
   }
 }
+
+TEST_CASE("peek_envelope_expiry reads expires_at from the header alone") {
+  EnvelopeMeta meta;
+  meta.created_at_ns = 1'000;
+  meta.expires_at_ns = -5;  // any time, the epoch's past included
+  std::string bytes = dogpile::encode_envelope(meta, std::nullopt, "payload");
+  CHECK(dogpile::peek_envelope_expiry(bytes) == -5);
+
+  // The checksum is not read: a flipped payload byte still peeks.
+  std::string damaged = bytes;
+  damaged[dogpile::kEnvelopeHeaderSize] ^= 1;
+  CHECK(dogpile::peek_envelope_expiry(damaged) == -5);
+
+  meta.expires_at_ns.reset();
+  CHECK_FALSE(dogpile::peek_envelope_expiry(dogpile::encode_envelope(meta, std::nullopt, "p")));
+
+  std::string bad_magic = bytes;
+  bad_magic[0] ^= 1;
+  CHECK_FALSE(dogpile::peek_envelope_expiry(bad_magic));
+  std::string other_version = bytes;
+  other_version[4] = 2;
+  CHECK_FALSE(dogpile::peek_envelope_expiry(other_version));
+  std::string unknown_flag = bytes;
+  unknown_flag[6] |= 0x4;
+  CHECK_FALSE(dogpile::peek_envelope_expiry(unknown_flag));
+  CHECK_FALSE(dogpile::peek_envelope_expiry(
+      std::string_view(bytes).substr(0, dogpile::kEnvelopeHeaderSize + 7)));
+  CHECK_FALSE(dogpile::peek_envelope_expiry("not an envelope"));
+}

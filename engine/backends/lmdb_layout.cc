@@ -300,16 +300,7 @@ bool split_entry(std::string_view record, EntryHeader& header, std::string_view&
 }
 
 std::int64_t envelope_expiry(std::string_view value) noexcept {
-  if (value.size() < kEnvelopeHeaderSize + kEnvelopeTrailerSize) return kNoExpiry;
-  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(value[i]); };
-  const std::uint32_t magic = std::uint32_t{byte(0)} | std::uint32_t{byte(1)} << 8 |
-                              std::uint32_t{byte(2)} << 16 | std::uint32_t{byte(3)} << 24;
-  if (magic != kEnvelopeMagic || byte(4) != kEnvelopeFormatVersion) return kNoExpiry;
-  const unsigned flags = byte(6) | unsigned{byte(7)} << 8;
-  constexpr unsigned kExpiresFlag = 1;
-  constexpr unsigned kKnownFlags = 3;
-  if ((flags & ~kKnownFlags) != 0 || (flags & kExpiresFlag) == 0) return kNoExpiry;
-  return static_cast<std::int64_t>(get_le64(value.data() + 32));
+  return peek_envelope_expiry(value).value_or(kNoExpiry);
 }
 
 // ---- index records ----
@@ -335,6 +326,21 @@ bool split_expiry_key(std::string_view key, std::int64_t& expires_at_ns,
   expires_at_ns = unbias(get_be64(key.data()));
   seq = get_be64(key.data() + 8);
   return true;
+}
+
+std::string make_written_key(std::uint64_t seq) {
+  const auto key = written_key(seq);
+  return std::string(key.data(), key.size());
+}
+
+std::string make_expiry_key(std::int64_t expires_at_ns, std::uint64_t seq) {
+  const auto key = expiry_key(expires_at_ns, seq);
+  return std::string(key.data(), key.size());
+}
+
+std::string make_index_value(std::uint32_t region_id, std::string_view stored_key) {
+  IndexValue value(region_id, stored_key);
+  return std::string(as_view(value.val()));
 }
 
 // ---- the store's own tables ----

@@ -99,6 +99,12 @@ bool split_written_key(std::string_view key, std::uint64_t& seq) noexcept;
 bool split_expiry_key(std::string_view key, std::int64_t& expires_at_ns,
                       std::uint64_t& seq) noexcept;
 
+// The inverses of the three above, for readers that look index entries up
+// (writers build them in place, without allocating).
+std::string make_written_key(std::uint64_t seq);
+std::string make_expiry_key(std::int64_t expires_at_ns, std::uint64_t seq);
+std::string make_index_value(std::uint32_t region_id, std::string_view stored_key);
+
 // expires_at of the envelope when it is one (header magic, version and
 // flags checked, not the checksum), kNoExpiry otherwise.
 std::int64_t envelope_expiry(std::string_view value) noexcept;

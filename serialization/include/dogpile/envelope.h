@@ -83,4 +83,10 @@ std::string encode_envelope(const EnvelopeMeta& meta, std::optional<std::string_
 DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
                              EnvelopeView& out) noexcept;
 
+// The expires_at of `bytes` read from the header alone (magic, version and
+// flags checked; lengths and checksum not), or nullopt when the bytes do not
+// start like an envelope of this version or carry no expiry. For write paths
+// that index entries by expiry without paying for a full decode.
+std::optional<std::int64_t> peek_envelope_expiry(std::string_view bytes) noexcept;
+
 }  // namespace dogpile
