@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -51,6 +52,49 @@ struct Unruly {
     ar(CEREAL_NVP(a));
     throw std::runtime_error("load refuses");
   }
+};
+
+// Recursive types: how deep they nest is up to the bytes.
+struct Tree {
+  std::vector<Tree> children;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(children));
+  }
+  friend bool operator==(const Tree&, const Tree&) = default;
+};
+
+struct Chain {
+  int value = 0;
+  std::unique_ptr<Chain> next;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(value), CEREAL_NVP(next));
+  }
+};
+
+// Shared pointers of two types; cereal writes a second reference to the
+// same object as a back-reference to the first one's id.
+struct Shared {
+  std::shared_ptr<int> number;
+  std::shared_ptr<std::string> text;
+  std::shared_ptr<int> same_number;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(number), CEREAL_NVP(text), CEREAL_NVP(same_number));
+  }
+};
+
+struct Flags {
+  bool on = false;
+  std::optional<int> maybe;
+  std::array<bool, 3> bits{};
+  std::vector<bool> more;
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(on), CEREAL_NVP(maybe), CEREAL_NVP(bits), CEREAL_NVP(more));
+  }
+  friend bool operator==(const Flags&, const Flags&) = default;
 };
 
 }  // namespace codec_test
@@ -687,4 +731,145 @@ TEST_CASE("a portable payload from a big-endian writer is read as cereal reads i
   const std::string mixed = std::string(1, '\0') + std::string("\x06\0\0\0\0\0\0\0", 8) + "abcdef";
   std::string text;
   CHECK_FALSE(dogpile::decode_payload(CodecId::kPortableBinary, mixed, text));
+}
+
+namespace {
+
+codec_test::Tree tree_of_depth(std::size_t depth) {
+  codec_test::Tree root;
+  codec_test::Tree* node = &root;
+  for (std::size_t i = 0; i < depth; ++i) {
+    node->children.resize(1);
+    node = &node->children[0];
+  }
+  return root;
+}
+
+// A binary Tree payload nested `depth` levels: a count of 1 per level, then 0.
+std::string binary_tree_payload(CodecId codec, std::size_t depth) {
+  std::string one("\x01\0\0\0\0\0\0\0", 8);
+  std::string out = codec == CodecId::kPortableBinary ? std::string(1, '\x01') : std::string();
+  out.reserve(out.size() + 8 * (depth + 1));
+  for (std::size_t i = 0; i < depth; ++i) out += one;
+  out.append(8, '\0');
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("deeply nested payloads are refused, not recursed into") {
+  // cereal and rapidjson recurse once per level of nesting; a payload that
+  // nests a million levels must not take the stack with it.
+  for (const CodecId codec : kCerealCodecs) {
+    CAPTURE(dogpile::codec_name(codec));
+    const codec_test::Tree deep = tree_of_depth(200);
+    codec_test::Tree decoded;
+    REQUIRE(dogpile::decode_payload(codec, payload_of(codec, deep), decoded));
+    CHECK(decoded == deep);
+  }
+  if (std::endian::native == std::endian::little) {
+    for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+      CAPTURE(dogpile::codec_name(codec));
+      codec_test::Tree decoded;
+      REQUIRE(dogpile::decode_payload(codec, binary_tree_payload(codec, 50), decoded));
+      CHECK(decoded == tree_of_depth(50));
+      CHECK_FALSE(dogpile::decode_payload(codec, binary_tree_payload(codec, 1'000'000), decoded));
+      // A linked list through unique_ptr: 4 bytes of value, 1 byte "next
+      // follows", again and again.
+      std::string chain = codec == CodecId::kPortableBinary ? std::string(1, '\x01') : "";
+      for (int i = 0; i < 1'000'000; ++i) chain += std::string("\x07\0\0\0\x01", 5);
+      codec_test::Chain head;
+      CHECK_FALSE(dogpile::decode_payload(codec, chain, head));
+    }
+  }
+  // JSON nested a million arrays or objects deep, as a user type and as the
+  // top-level string that has its own reader.
+  for (const std::string& open : {std::string("["), std::string("{\"a\":")}) {
+    const std::string deep = "{\"value\": " + [&] {
+      std::string s;
+      for (int i = 0; i < 1'000'000; ++i) s += open;
+      return s;
+    }();
+    codec_test::Tree tree;
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, deep, tree));
+    std::vector<int> numbers;
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, deep, numbers));
+    std::string text;
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, deep, text));
+  }
+  // Brackets inside strings are text, not nesting.
+  std::vector<std::string> strings;
+  const std::string brackets(100'000, '[');
+  REQUIRE(dogpile::decode_payload(CodecId::kJson, payload_of(CodecId::kJson,
+                                                             std::vector<std::string>{brackets}),
+                                  strings));
+  CHECK(strings == std::vector<std::string>{brackets});
+}
+
+TEST_CASE("a bool stored as a byte other than 0 or 1 does not decode") {
+  // Such a byte would make an invalid bool object; cereal writes 0 or 1.
+  codec_test::Flags flags;
+  flags.on = true;
+  flags.maybe = 5;
+  flags.bits = {true, false, true};
+  flags.more = {false, true};
+  for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+    CAPTURE(dogpile::codec_name(codec));
+    const std::string payload = payload_of(codec, flags);
+    codec_test::Flags decoded;
+    REQUIRE(dogpile::decode_payload(codec, payload, decoded));
+    CHECK(decoded == flags);
+    // Every byte that holds 1 here is a bool (the int holds 5, the sizes 2,
+    // an engaged optional's "nullopt" 0): each must refuse the value 2.
+    std::size_t bools = 0;
+    for (std::size_t at = codec == CodecId::kPortableBinary ? 1 : 0; at < payload.size(); ++at) {
+      if (payload[at] != '\x01') continue;
+      ++bools;
+      std::string bytes = payload;
+      bytes[at] = '\x02';
+      CAPTURE(at);
+      CHECK_FALSE(dogpile::decode_payload(codec, bytes, decoded));
+    }
+    CHECK(bools == 4);  // on, two of bits, one of more
+    std::string single = payload_of(codec, true);
+    bool value = false;
+    REQUIRE(dogpile::decode_payload(codec, single, value));
+    CHECK(value);
+    single.back() = '\x02';
+    CHECK_FALSE(dogpile::decode_payload(codec, single, value));
+  }
+}
+
+TEST_CASE("a shared pointer referring to one of another type does not decode") {
+  codec_test::Shared shared;
+  shared.number = std::make_shared<int>(5);
+  shared.text = std::make_shared<std::string>("xyz");
+  shared.same_number = shared.number;
+  for (const CodecId codec : kCerealCodecs) {
+    CAPTURE(dogpile::codec_name(codec));
+    codec_test::Shared decoded;
+    REQUIRE(dogpile::decode_payload(codec, payload_of(codec, shared), decoded));
+    REQUIRE(decoded.number);
+    REQUIRE(decoded.text);
+    CHECK(*decoded.number == 5);
+    CHECK(*decoded.text == "xyz");
+    CHECK(decoded.same_number == decoded.number);  // one object, as written
+  }
+  if (std::endian::native != std::endian::little) return;
+  for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+    CAPTURE(dogpile::codec_name(codec));
+    const std::string marker = codec == CodecId::kPortableBinary ? std::string(1, '\x01') : "";
+    // number: new pointer 1 holding 5; text: a reference to pointer 1, which
+    // is an int, not a string; same_number: null.
+    const std::string int_then_string = marker + std::string("\x01\0\0\x80\x05\0\0\0", 8) +
+                                        std::string("\x01\0\0\0", 4) + std::string(4, '\0');
+    codec_test::Shared decoded;
+    CHECK_FALSE(dogpile::decode_payload(codec, int_then_string, decoded));
+    // The same bytes with text null and same_number the reference decode.
+    const std::string int_then_int = marker + std::string("\x01\0\0\x80\x05\0\0\0", 8) +
+                                     std::string(4, '\0') + std::string("\x01\0\0\0", 4);
+    REQUIRE(dogpile::decode_payload(codec, int_then_int, decoded));
+    CHECK(decoded.same_number == decoded.number);
+    CHECK_FALSE(decoded.text);
+  }
 }

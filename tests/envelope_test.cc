@@ -1,21 +1,26 @@
 // Envelope layout, validation order and the allocation-free decode; the
-// checksum at every size; byte payloads' length prefixes.
+// checksum at every size; byte payloads' and cereal's length prefixes.
 #include "dogpile/envelope.h"
 
 #include "dogpile/codec.h"  // byte payloads' length prefixes
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
+#include <list>
+#include <map>
 #include <limits>
 #include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -27,10 +32,15 @@
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};
+std::atomic<std::size_t> g_largest_allocation{0};  // bytes, of any one counted allocation
 
 void* counted_alloc(std::size_t size) {
   if (g_counting.load(std::memory_order_relaxed)) {
     g_allocations.fetch_add(1, std::memory_order_relaxed);
+    std::size_t largest = g_largest_allocation.load(std::memory_order_relaxed);
+    while (size > largest &&
+           !g_largest_allocation.compare_exchange_weak(largest, size, std::memory_order_relaxed)) {
+    }
   }
   if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
@@ -547,4 +557,104 @@ TEST_CASE("peek_envelope_expiry reads expires_at from the header alone") {
   CHECK_FALSE(dogpile::peek_envelope_expiry(
       std::string_view(bytes).substr(0, dogpile::kEnvelopeHeaderSize + 7)));
   CHECK_FALSE(dogpile::peek_envelope_expiry("not an envelope"));
+}
+
+namespace envelope_test {
+
+// A user type with the containers cached values commonly hold.
+struct Listing {
+  std::string title;
+  std::vector<int> ids;
+  std::map<std::string, int> counts;
+  std::vector<std::string> tags;
+  std::deque<std::string> queue;
+  std::list<std::int64_t> history;
+  std::vector<std::vector<int>> rows;
+  std::unordered_map<std::string, std::string> attributes;
+
+  template <class Archive>
+  void serialize(Archive& ar) {
+    ar(CEREAL_NVP(title), CEREAL_NVP(ids), CEREAL_NVP(counts), CEREAL_NVP(tags),
+       CEREAL_NVP(queue), CEREAL_NVP(history), CEREAL_NVP(rows), CEREAL_NVP(attributes));
+  }
+  friend bool operator==(const Listing&, const Listing&) = default;
+};
+
+}  // namespace envelope_test
+
+namespace {
+
+envelope_test::Listing sample_listing() {
+  envelope_test::Listing l;
+  l.title = "listing";
+  l.ids = {1, 2, 3, 40000};
+  l.counts = {{"a", 1}, {"bb", 2}};
+  l.tags = {"x", "", "zzz"};
+  l.queue = {"q1", "q2"};
+  l.history = {7, -7};
+  l.rows = {{1}, {}, {2, 3}};
+  l.attributes = {{"k", "v"}};
+  return l;
+}
+
+// Overwrites 8 bytes at every offset of `payload` with each lie, in the
+// codec's byte order, decodes, and returns the largest single allocation
+// any decode made. Every decode must fail or give a value.
+template <class T>
+std::size_t largest_allocation_with_lies(CodecId codec, const std::string& payload) {
+  constexpr std::uint64_t kMax64 = std::numeric_limits<std::uint64_t>::max();
+  std::size_t largest = 0;
+  for (std::size_t at = 0; at + 8 <= payload.size(); ++at) {
+    for (const std::uint64_t lie : {std::uint64_t{1} << 30, std::uint64_t{1} << 40, kMax64,
+                                    std::uint64_t{payload.size() - at - 7}}) {
+      std::string bytes = payload;
+      // binary is host order (little-endian here, checked by the caller),
+      // portable_binary little-endian.
+      put_u64(bytes, at, lie);
+      T value;
+      g_largest_allocation.store(0);
+      g_counting.store(true);
+      static_cast<void>(dogpile::decode_payload(codec, bytes, value));
+      g_counting.store(false);
+      largest = std::max(largest, g_largest_allocation.load());
+    }
+  }
+  return largest;
+}
+
+}  // namespace
+
+TEST_CASE("cereal size prefixes that lie are refused before anything that large is allocated") {
+  // cereal's own binary archives resize a container to whatever its size
+  // prefix says before reading an element. A prefix at any offset, of 2^30,
+  // 2^40, 2^64-1 or one more than the bytes left, must cost at most a small
+  // multiple of the payload.
+  if (std::endian::native != std::endian::little) return;  // put_u64 writes little-endian
+  for (const CodecId codec : {CodecId::kBinary, CodecId::kPortableBinary}) {
+    CAPTURE(dogpile::codec_name(codec));
+    const auto check = [&]<class T>(const T& value) {
+      std::string payload;
+      dogpile::encode_payload(codec, value, payload);
+      T decoded;
+      REQUIRE(dogpile::decode_payload(codec, payload, decoded));
+      REQUIRE(decoded == value);
+      const std::size_t largest = largest_allocation_with_lies<T>(codec, payload);
+      CAPTURE(payload.size(), largest);
+      CHECK(largest <= 8 * payload.size() + 256);
+    };
+    check(sample_listing());
+    check(std::vector<int>{1, 2, 3, 4, 5});
+    check(std::vector<std::string>{"one", "two", "", "four"});
+    check(std::map<std::string, int>{{"a", 1}, {"b", 2}});
+    check(std::vector<envelope_test::Listing>{sample_listing(), sample_listing()});
+  }
+}
+
+TEST_CASE("the largest-allocation counter sees a large allocation") {
+  g_largest_allocation.store(0);
+  g_counting.store(true);
+  auto* p = new std::vector<char>(1 << 20);
+  g_counting.store(false);
+  delete p;
+  CHECK(g_largest_allocation.load() >= std::size_t{1} << 20);
 }

@@ -10,6 +10,13 @@
 // written and read here directly, byte for byte what cereal writes and reads.
 // Reading one is then a single allocation and a single copy, where cereal's
 // stream path zero-fills the string before copying into it.
+//
+// decode_payload is safe on any bytes, not only on what a checksum vouches
+// for (a faulty or hostile writer can checksum anything): the binary codecs
+// read through the bounded archives of bounded_archive.h, which refuse a
+// size larger than the bytes left and nesting deeper than a fixed limit, and
+// a JSON payload nested deeper than kMaxJsonDepth is refused before rapidjson,
+// which recurses once per level, parses it.
 #pragma once
 
 #include <algorithm>
@@ -47,6 +54,7 @@
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
 
+#include "dogpile/bounded_archive.h"
 #include "dogpile/codec.h"
 
 namespace dogpile {
@@ -117,6 +125,37 @@ inline bool json_has_nul_escape(std::string_view json) noexcept {
   return false;
 }
 
+// How deeply arrays and objects may nest in a JSON payload. What cereal
+// writes for ordinary types nests a few levels; rapidjson's parser recurses
+// once per level, so this bounds the stack a malformed payload can take.
+inline constexpr std::size_t kMaxJsonDepth = 512;
+
+// Whether no array or object in `json` is nested deeper than kMaxJsonDepth.
+// An upper bound on what rapidjson would see: brackets inside strings are
+// skipped as rapidjson skips them, and anything after a syntax error (where
+// rapidjson stops) is counted too.
+inline bool json_depth_ok(std::string_view json) noexcept {
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;  // the escaped character, whatever it is
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth) return false;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return true;
+}
+
 // A top-level std::string is read with rapidjson directly, honouring the
 // string's length, so strings with NULs round-trip through the JSON codec.
 // The bytes are the same {"value": "..."} object cereal writes.
@@ -125,7 +164,12 @@ inline bool decode_json_string(std::string_view bytes, std::string& out) {
   std::istream stream(&buf);
   RAPIDJSON_NAMESPACE::IStreamWrapper reader(stream);
   RAPIDJSON_NAMESPACE::Document document;
-  document.ParseStream(reader);
+  // cereal's parse flags (full precision, NaN and infinities), and iterative:
+  // no recursion per nesting level, whatever the bytes hold.
+  constexpr unsigned kFlags = RAPIDJSON_NAMESPACE::kParseFullPrecisionFlag |
+                              RAPIDJSON_NAMESPACE::kParseNanAndInfFlag |
+                              RAPIDJSON_NAMESPACE::kParseIterativeFlag;
+  document.ParseStream<kFlags>(reader);
   if (document.HasParseError() || !buf.exhausted() || !document.IsObject() ||
       document.MemberCount() != 1) {
     return false;
@@ -266,15 +310,24 @@ void append_payload(CodecId codec, const T& value, std::string& out) {
   throw_codec_cannot_carry(codec);
 }
 
+// Bytes left over mean the payload was not written as one T.
 template <class Archive, class T>
-bool read_whole_payload(std::string_view bytes, T& out) {
+bool read_whole_binary_payload(std::string_view bytes, T& out) {
+  Archive archive(bytes);
+  archive(out);
+  return archive.remaining() == 0;
+}
+
+template <class T>
+bool read_whole_json_payload(std::string_view bytes, T& out) {
+  if (json_has_nul_escape(bytes) || !json_depth_ok(bytes)) return false;
   ViewReadBuf buf(bytes);
   std::istream stream(&buf);
   {
-    Archive archive(stream);
-    archive(out);
+    cereal::JSONInputArchive archive(stream);
+    auto value = cereal::make_nvp("value", out);
+    archive(value);
   }
-  // Bytes left over mean the payload was not written as one T.
   return buf.exhausted();
 }
 
@@ -306,18 +359,16 @@ bool decode_payload(CodecId codec, std::string_view bytes, T& out) noexcept {
           return false;
         }
       case CodecId::kBinary:
-        return detail::read_whole_payload<cereal::BinaryInputArchive>(bytes, out);
+        return detail::read_whole_binary_payload<detail::BoundedBinaryInputArchive>(bytes, out);
       case CodecId::kPortableBinary:
-        return detail::read_whole_payload<cereal::PortableBinaryInputArchive>(bytes, out);
-      case CodecId::kJson: {
+        return detail::read_whole_binary_payload<detail::BoundedPortableBinaryInputArchive>(bytes,
+                                                                                           out);
+      case CodecId::kJson:
         if constexpr (std::is_same_v<T, std::string>) {
           return detail::decode_json_string(bytes, out);
         } else {
-          if (detail::json_has_nul_escape(bytes)) return false;
-          auto value = cereal::make_nvp("value", out);
-          return detail::read_whole_payload<cereal::JSONInputArchive>(bytes, value);
+          return detail::read_whole_json_payload(bytes, out);
         }
-      }
     }
     return false;
   } catch (...) {
