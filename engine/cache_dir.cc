@@ -1,8 +1,11 @@
 #include "dogpile/cache_dir.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 
 namespace dogpile {
@@ -11,6 +14,12 @@ namespace {
 const char* non_empty_env(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr && value[0] != '\0' ? value : nullptr;
+}
+
+std::string octal_mode(mode_t mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
 }
 
 }  // namespace
@@ -29,16 +38,47 @@ Status default_cache_dir(std::string& out) {
   return Status::ok();
 }
 
+Status check_cache_dir(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    return Status::io_error("cannot stat cache directory", path, errno);
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::error(StatusCode::kIOError, "refusing cache directory: it is not a directory",
+                         path, ENOTDIR);
+  }
+  // Whoever can write the directory can replace the cache files between our
+  // checks and LMDB's open, or plant files for other users to open.
+  if (st.st_uid != ::geteuid()) {
+    return Status::error(StatusCode::kIOError,
+                         "refusing cache directory: it is owned by uid " +
+                             std::to_string(st.st_uid) + ", not by this user (uid " +
+                             std::to_string(::geteuid()) + ")",
+                         path, EPERM);
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Status::error(StatusCode::kIOError,
+                         "refusing cache directory: its mode " + octal_mode(st.st_mode) +
+                             " lets other users write it (remove the group and other write "
+                             "bits, e.g. chmod go-w)",
+                         path, EPERM);
+  }
+  return Status::ok();
+}
+
 Status ensure_cache_dir(const std::string& path) {
   if (path.empty()) {
     return Status::error(StatusCode::kInvalidArgument, "cache directory path is empty");
   }
-  // Create each missing component; only the last one is ours to make 0700,
-  // but parents we create get 0700 too so nothing we make is world-readable.
+  // Create each missing component 0700: only the last one is the cache's,
+  // but nothing we make should be readable by others.
   for (std::size_t pos = 1; pos <= path.size(); ++pos) {
     if (pos != path.size() && path[pos] != '/') continue;
     const std::string part = path.substr(0, pos);
-    if (::mkdir(part.c_str(), 0700) != 0 && errno != EEXIST) {
+    if (::mkdir(part.c_str(), 0700) == 0) {
+      // The umask may have taken bits of 0700 away; never adds any.
+      (void)::fchmodat(AT_FDCWD, part.c_str(), 0700, AT_SYMLINK_NOFOLLOW);
+    } else if (errno != EEXIST) {
       return Status::io_error("cannot create cache directory", part, errno);
     }
   }
@@ -46,14 +86,16 @@ Status ensure_cache_dir(const std::string& path) {
   if (::lstat(path.c_str(), &st) != 0) {
     return Status::io_error("cannot stat cache directory", path, errno);
   }
+  // A refused path is a StoreError, like a refused cache file.
   if (S_ISLNK(st.st_mode)) {
-    return Status::error(StatusCode::kInvalidArgument, "cache directory is a symlink", path);
+    return Status::error(StatusCode::kIOError, "refusing cache directory: it is a symlink", path,
+                         ELOOP);
   }
   if (!S_ISDIR(st.st_mode)) {
-    return Status::error(StatusCode::kInvalidArgument, "cache directory is not a directory", path,
-                         ENOTDIR);
+    return Status::error(StatusCode::kIOError, "refusing cache directory: it is not a directory",
+                         path, ENOTDIR);
   }
-  return Status::ok();
+  return check_cache_dir(path);
 }
 
 }  // namespace dogpile

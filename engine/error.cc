@@ -22,6 +22,8 @@ void throw_if_error(const Status& status) {
       throw CacheFull(status);
     case StatusCode::kNotConfigured:
       throw RegionNotConfigured(status);
+    case StatusCode::kReadOnly:
+      throw ReadOnlyError(status);
     case StatusCode::kIOError:
     case StatusCode::kCorruption:
       throw StoreError(status);

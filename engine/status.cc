@@ -18,6 +18,7 @@ std::string_view status_code_name(StatusCode code) noexcept {
     case StatusCode::kNotSupported: return "not_supported";
     case StatusCode::kReentrant: return "reentrant";
     case StatusCode::kNotConfigured: return "not_configured";
+    case StatusCode::kReadOnly: return "read_only";
   }
   return "unknown";
 }

@@ -1,5 +1,9 @@
 #include "dogpile/lmdb_backend.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -46,6 +50,29 @@ std::uint64_t record_bytes(std::string_view value) noexcept {
   return kEntryHeaderSize + value.size();
 }
 
+// The stamps of a read-only backend: those of the directory's stamps file
+// when this user may open it (it is never created), else none; invalidating
+// is a write, refused with kReadOnly.
+class ReadOnlyInvalidation final : public InvalidationStrategy {
+ public:
+  ReadOnlyInvalidation(std::shared_ptr<InvalidationStrategy> stamps, Status refusal)
+      : stamps_(std::move(stamps)), refusal_(std::move(refusal)) {}
+
+  Status invalidate(bool, WallTime) override { return refusal_; }
+  bool is_hard_invalidated(WallTime created_at) const override {
+    return stamps_ && stamps_->is_hard_invalidated(created_at);
+  }
+  bool is_soft_invalidated(WallTime created_at) const override {
+    return stamps_ && stamps_->is_soft_invalidated(created_at);
+  }
+  bool was_hard_invalidated() const override { return stamps_ && stamps_->was_hard_invalidated(); }
+  bool was_soft_invalidated() const override { return stamps_ && stamps_->was_soft_invalidated(); }
+
+ private:
+  const std::shared_ptr<InvalidationStrategy> stamps_;  // may be null
+  const Status refusal_;
+};
+
 Status check_options(const LmdbOptions& options) {
   const auto bad = [](std::string_view option, std::string why) {
     return Status::error(StatusCode::kInvalidArgument,
@@ -90,17 +117,16 @@ class LmdbBackend final : public Backend, public InPlaceReader {
         return Status::io_error("cannot make the cache path absolute", options.path, ec.value());
       options.path = absolute.string();
     }
-    if (Status s = ensure_cache_dir(options.path); !s) return s;
-    std::unique_ptr<LmdbBackend> backend(new LmdbBackend(std::move(options)));
-    const Binding* binding = nullptr;
-    if (Status s = backend->rebind(binding); !s) return s;
-    // Opened once: the mapping stays valid and shared in fork()ed children.
-    if (Status s = open_stamp_invalidation(backend->options_.path, backend->options_.region,
-                                           backend->options_.durability != Durability::kNoSync,
-                                           backend->invalidation_);
+    // Read-only creates nothing, not even the directory.
+    if (Status s = options.read_only ? check_cache_dir(options.path)
+                                     : ensure_cache_dir(options.path);
         !s) {
       return s;
     }
+    std::unique_ptr<LmdbBackend> backend(new LmdbBackend(std::move(options)));
+    const Binding* binding = nullptr;
+    if (Status s = backend->rebind(binding); !s) return s;
+    if (Status s = backend->open_invalidation(*binding); !s) return s;
     out = std::move(backend);
     return Status::ok();
   }
@@ -121,6 +147,10 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   Status read_in_place(std::string_view key, Use use, void* context) override {
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
+    if (!b->has_region) {
+      use(context, nullptr);
+      return Status::ok();
+    }
     ReadTxn txn;
     if (Status s = b->env->begin_read(txn); !s) return s;
     StoredKey stored(key);
@@ -143,7 +173,7 @@ class LmdbBackend final : public Backend, public InPlaceReader {
 
   Status set(std::string_view key, std::string_view value) override {
     const Binding* b = nullptr;
-    if (Status s = binding(b); !s) return s;
+    if (Status s = writable_binding(b); !s) return s;
     StoredKey stored(key);
     return b->env->write(
         [&](MDB_txn* txn) {
@@ -154,7 +184,7 @@ class LmdbBackend final : public Backend, public InPlaceReader {
 
   Status erase(std::string_view key) override {
     const Binding* b = nullptr;
-    if (Status s = binding(b); !s) return s;
+    if (Status s = writable_binding(b); !s) return s;
     StoredKey stored(key);
     return b->env->write(
         [&](MDB_txn* txn) {
@@ -170,6 +200,7 @@ class LmdbBackend final : public Backend, public InPlaceReader {
     if (keys.empty()) return Status::ok();
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
+    if (!b->has_region) return Status::ok();
     ReadTxn txn;
     if (Status s = b->env->begin_read(txn); !s) return s;
     for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -187,7 +218,7 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   Status set_multi(std::span<const KeyValue> items) override {
     if (items.empty()) return Status::ok();
     const Binding* b = nullptr;
-    if (Status s = binding(b); !s) return s;
+    if (Status s = writable_binding(b); !s) return s;
     std::uint64_t bytes = 0;
     for (const auto& item : items) bytes += record_bytes(item.second);
     return b->env->write(
@@ -205,7 +236,7 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   Status erase_multi(std::span<const std::string> keys) override {
     if (keys.empty()) return Status::ok();
     const Binding* b = nullptr;
-    if (Status s = binding(b); !s) return s;
+    if (Status s = writable_binding(b); !s) return s;
     return b->env->write(
         [&](MDB_txn* txn) {
           for (const std::string& key : keys) {
@@ -223,12 +254,13 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   }
 
   // Adds to the region's counters in the store, in one write transaction.
-  // Failures are dropped: counters are best effort.
+  // Failures are dropped: counters are best effort (a read-only store keeps
+  // none).
   void add_usage(const UsageCounters& delta) noexcept override {
     if (delta.empty()) return;
     try {
       const Binding* b = nullptr;
-      if (!binding(b)) return;
+      if (!writable_binding(b)) return;
       (void)b->env->write(
           [&](MDB_txn* txn) {
             return internal::add_usage(txn, b->env->store_dbs(), b->region.name, delta);
@@ -240,13 +272,16 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   }
 
   // Locks are per (region, key) on the directory's creation.lock, so they
-  // exclude other processes too. nullptr (the region's in-process lock) only
-  // when the environment cannot be reopened after fork(), in which case
-  // reads and writes fail as well.
+  // exclude other processes too. nullptr (the region's in-process lock) when
+  // the environment is read-only (it opens no creation.lock, and what a
+  // creator makes is not stored anyway), and when it cannot be reopened
+  // after fork(), in which case reads and writes fail as well.
   std::unique_ptr<CreationMutex> get_mutex(std::string_view key) override {
     const Binding* b = nullptr;
     if (!binding(b)) return nullptr;
-    return b->env->lock_file().mutex(LockFile::offset_for(options_.region, key));
+    LockFile* lock_file = b->env->lock_file();
+    if (lock_file == nullptr) return nullptr;
+    return lock_file->mutex(LockFile::offset_for(options_.region, key));
   }
 
   std::string_view name() const noexcept override { return "lmdb"; }
@@ -255,13 +290,54 @@ class LmdbBackend final : public Backend, public InPlaceReader {
   std::shared_ptr<InvalidationStrategy> invalidation_strategy() override { return invalidation_; }
 
  private:
-  // An environment of one fork generation and the region in it.
+  // An environment of one fork generation and the region in it. A
+  // read-only environment may lack the region: every read is a miss.
   struct Binding {
     std::shared_ptr<LmdbEnv> env;
     RegionRef region;
+    bool has_region = true;
   };
 
   explicit LmdbBackend(LmdbOptions options) : options_(std::move(options)) {}
+
+  // binding() for a write: kReadOnly when this backend or its environment
+  // is read-only.
+  Status writable_binding(const Binding*& out) {
+    if (Status s = binding(out); !s) return s;
+    if (out->env->read_only()) return out->env->read_only_error("cannot write");
+    if (options_.read_only) return backend_read_only();
+    return Status::ok();
+  }
+
+  Status backend_read_only() const {
+    return Status::error(StatusCode::kReadOnly,
+                         "cannot write: the lmdb backend of region '" + options_.region +
+                             "' is open read-only: the lmdb option read_only is set",
+                         options_.path, EROFS);
+  }
+
+  // The stamps file, opened once: the mapping stays valid and shared in
+  // fork()ed children. A read-only backend opens an existing one it may
+  // write only, and refuses invalidations.
+  Status open_invalidation(const Binding& binding) {
+    const bool sync = options_.durability != Durability::kNoSync;
+    if (!binding.env->read_only() && !options_.read_only) {
+      return open_stamp_invalidation(options_.path, options_.region, sync, invalidation_);
+    }
+    const Status refusal = binding.env->read_only() ? binding.env->read_only_error("cannot invalidate")
+                                                    : backend_read_only();
+    std::shared_ptr<InvalidationStrategy> stamps;
+    const std::string stamps_path = options_.path + "/" + StampFile::kFileName;
+    struct stat st {};
+    if (::lstat(stamps_path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size != 0 &&
+        ::faccessat(AT_FDCWD, stamps_path.c_str(), R_OK | W_OK, AT_EACCESS) == 0) {
+      if (Status s = open_stamp_invalidation(options_.path, options_.region, sync, stamps); !s) {
+        return s;
+      }
+    }
+    invalidation_ = std::make_shared<ReadOnlyInvalidation>(std::move(stamps), refusal);
+    return Status::ok();
+  }
 
   // The binding for this process. The hot path is the fork check: one
   // relaxed atomic load besides the acquire load of the pointer.
@@ -285,9 +361,17 @@ class LmdbBackend final : public Backend, public InPlaceReader {
     }
     auto fresh = std::make_unique<Binding>();
     const LmdbEnvOptions env_options{options_.max_size, options_.max_regions, options_.max_readers,
-                                     options_.durability};
+                                     options_.durability, options_.read_only};
     if (Status s = LmdbEnv::acquire(options_.path, env_options, fresh->env); !s) return s;
-    if (Status s = fresh->env->open_region(options_.region, fresh->region); !s) return s;
+    if (fresh->env->read_only() || options_.read_only) {
+      // Nothing may be created: a region the store lacks has no entries.
+      std::optional<RegionRef> found;
+      if (Status s = fresh->env->find_region(options_.region, found); !s) return s;
+      fresh->has_region = found.has_value();
+      if (found) fresh->region = std::move(*found);
+    } else if (Status s = fresh->env->open_region(options_.region, fresh->region); !s) {
+      return s;
+    }
     out = fresh.get();
     // Older bindings stay alive: another thread may still be reading one
     // (only to find it stale). There is one per fork generation seen.
@@ -345,6 +429,7 @@ Status make_lmdb_backend(std::string_view region, const ConfigMap& arguments,
   if (auto path = reader.string("path")) options.path = std::move(*path);
   if (auto name = reader.string("region")) options.region = std::move(*name);
   if (auto size = reader.size("max_size")) options.max_size = *size;
+  if (auto read_only = reader.boolean("read_only")) options.read_only = *read_only;
   Status first = take_u32(reader, "max_regions", options.max_regions);
   Status readers = take_u32(reader, "max_readers", options.max_readers);
   Status durability;

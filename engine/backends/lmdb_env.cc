@@ -3,7 +3,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,8 +16,11 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
+#include "dogpile/cache_dir.h"
 #include "dogpile/envelope.h"
+#include "unique_fd.h"
 
 namespace dogpile::internal {
 namespace {
@@ -77,6 +83,40 @@ void set_cloexec_on(const struct stat& st) noexcept {
   ::closedir(dir);
 }
 
+// LMDB sizes a new lock.mdb with ftruncate, which leaves a sparse file, and
+// then writes it through a shared mapping: on a full file system the first
+// write to a page with no block behind it kills the process with SIGBUS.
+// Allocating the blocks first (FALLOC_FL_KEEP_SIZE: the size stays LMDB's
+// to decide) turns that into ENOSPC here. A file system without fallocate
+// keeps LMDB's own behaviour.
+Status reserve_lock_file(const std::string& path, std::uint32_t max_readers) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600));
+  if (fd.get() < 0) {
+    const int err = errno;
+    if (err == ELOOP) {
+      return Status::error(StatusCode::kIOError, "refusing cache file: it is a symlink", path, err);
+    }
+    return Status::io_error("cannot open the LMDB lock file", path, err);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Status::io_error("cannot stat cache file", path, errno);
+  if (!S_ISREG(st.st_mode)) {
+    return Status::error(StatusCode::kIOError, "refusing cache file: it is not a regular file",
+                         path);
+  }
+  // The reader table: a header of two cache lines, then one per reader.
+  const off_t bytes = (static_cast<off_t>(max_readers) + 2) * 64;
+  if (::fallocate(fd.get(), FALLOC_FL_KEEP_SIZE, 0, bytes) != 0) {
+    const int err = errno;
+    if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+      return lmdb_status(err, "cannot reserve space for the LMDB lock file", path);
+    }
+  }
+  // Closing drops this process's fcntl locks on the file; it holds none yet:
+  // no environment of this process has the directory open.
+  return Status::ok();
+}
+
 }  // namespace
 
 std::uint64_t fork_generation() noexcept {
@@ -98,6 +138,18 @@ Status lmdb_status(int rc, std::string_view what, const std::string& path) {
     default: break;
   }
   // errno values: Status::to_string prints strerror from the errno itself.
+  // The file cannot grow: say so by name, it is the operator's to fix.
+  switch (rc) {
+    case ENOSPC:
+      return Status::io_error(std::string(what) + ": the file system is full (ENOSPC)", path, rc);
+    case EDQUOT:
+      return Status::io_error(std::string(what) + ": the disk quota is used up (EDQUOT)", path, rc);
+    case EFBIG:
+      return Status::io_error(
+          std::string(what) + ": the file reached the file size limit (EFBIG, RLIMIT_FSIZE)", path,
+          rc);
+    default: break;
+  }
   if (rc > 0) return Status::io_error(std::string(what), path, rc);
   return Status::error(StatusCode::kIOError, message, path);
 }
@@ -158,7 +210,7 @@ Status WriteTxn::commit() {
   // mdb_txn_commit frees the transaction whatever it returns.
   const int rc = mdb_txn_commit(std::exchange(txn_, nullptr));
   if (map_lock_.owns_lock()) map_lock_.unlock();
-  return rc == MDB_SUCCESS ? Status::ok() : env_->status(rc, "cannot commit a write transaction");
+  return rc == MDB_SUCCESS ? Status::ok() : env_->commit_status(rc);
 }
 
 void WriteTxn::abort() noexcept {
@@ -240,13 +292,15 @@ Status LmdbEnv::acquire(const std::string& dir, const LmdbEnvOptions& options,
                         std::shared_ptr<LmdbEnv>& out) {
   std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &on_fork_child); });
 
+  // Whoever else can write the directory could swap the files under us.
+  if (Status s = check_cache_dir(dir); !s) return s;
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
     return Status::io_error("cannot stat cache directory", dir, errno);
   }
   if (!S_ISDIR(st.st_mode)) {
-    return Status::error(StatusCode::kInvalidArgument, "cache directory is not a directory", dir,
-                         ENOTDIR);
+    return Status::error(StatusCode::kIOError, "refusing cache directory: it is not a directory",
+                         dir, ENOTDIR);
   }
   const Key key{st.st_dev, st.st_ino};
   const std::uint64_t generation = fork_generation();
@@ -282,12 +336,59 @@ Status LmdbEnv::acquire(const std::string& dir, const LmdbEnvOptions& options,
   return Status::ok();
 }
 
+Status LmdbEnv::choose_mode(const std::string& data_path) {
+  struct stat st {};
+  const bool has_data = ::lstat(data_path.c_str(), &st) == 0;
+  if (options_.read_only) {
+    if (!has_data) {
+      return Status::io_error("cannot open the cache read-only: there is no data.mdb", path_,
+                              ENOENT);
+    }
+    read_only_ = true;
+    read_only_errno_ = EROFS;
+    read_only_reason_ = "the lmdb option read_only is set";
+    return Status::ok();
+  }
+  // A cache this user may read but not write (a read-only copy or mount, a
+  // cache of a group it can only read) is served read-only rather than
+  // refused; with no cache there, there is nothing to serve.
+  if (::faccessat(AT_FDCWD, path_.c_str(), W_OK | X_OK, AT_EACCESS) != 0) {
+    const int err = errno;
+    if (!has_data) {
+      return Status::io_error("cannot create a cache: this user cannot write the directory",
+                              path_, err);
+    }
+    read_only_ = true;
+    read_only_errno_ = err;
+    read_only_reason_ =
+        std::string("this user cannot write the cache directory (") + std::strerror(err) + ")";
+  } else if (has_data && ::faccessat(AT_FDCWD, data_path.c_str(), W_OK, AT_EACCESS) != 0) {
+    const int err = errno;
+    read_only_ = true;
+    read_only_errno_ = err;
+    read_only_reason_ =
+        std::string("this user cannot write data.mdb (") + std::strerror(err) + ")";
+  }
+  return Status::ok();
+}
+
 Status LmdbEnv::open() {
   const std::string data_path = path_ + "/data.mdb";
   const std::string lock_path = path_ + "/lock.mdb";
   // mdb_env_open has no O_NOFOLLOW, so look before it leaps.
   if (Status s = check_cache_file(data_path, false); !s) return s;
   if (Status s = check_cache_file(lock_path, false); !s) return s;
+  if (Status s = choose_mode(data_path); !s) return s;
+  // LMDB opens lock.mdb read-write even for MDB_RDONLY. A read-only opener
+  // that cannot do that goes without the reader table (MDB_NOLOCK).
+  bool use_lock = true;
+  if (read_only_) {
+    struct stat st {};
+    use_lock = ::lstat(lock_path.c_str(), &st) == 0 &&
+               ::faccessat(AT_FDCWD, lock_path.c_str(), R_OK | W_OK, AT_EACCESS) == 0;
+  } else if (Status s = reserve_lock_file(lock_path, options_.max_readers); !s) {
+    return s;
+  }
 
   MDB_env* raw = nullptr;
   if (const int rc = mdb_env_create(&raw); rc != MDB_SUCCESS) {
@@ -310,8 +411,9 @@ Status LmdbEnv::open() {
   }
   // MDB_NOTLS: transactions are not tied to threads (readers are pooled and
   // may end on another thread). Never MDB_WRITEMAP: a stray write through
-  // the map would corrupt the store.
-  const unsigned flags = MDB_NOTLS | durability_flags(options_.durability);
+  // the map would corrupt the store, and a full disk would raise SIGBUS.
+  unsigned flags = MDB_NOTLS | durability_flags(options_.durability);
+  if (read_only_) flags = MDB_NOTLS | MDB_RDONLY | (use_lock ? 0 : MDB_NOLOCK);
   if (const int rc = mdb_env_open(raw, path_.c_str(), flags, 0600); rc != MDB_SUCCESS) {
     return status(rc, "cannot open the LMDB environment");
   }
@@ -324,12 +426,15 @@ Status LmdbEnv::open() {
     return Status::io_error("cannot stat the opened data file", data_path, errno);
   }
   if (Status s = check_cache_file(data_path, true); !s) return s;
-  if (Status s = check_cache_file(lock_path, true); !s) return s;
+  if (Status s = check_cache_file(lock_path, use_lock); !s) return s;
   if (::lstat(data_path.c_str(), &named) != 0 || named.st_dev != opened.st_dev ||
       named.st_ino != opened.st_ino) {
     return Status::error(StatusCode::kIOError, "cache file was replaced while opening", data_path);
   }
   set_cloexec_on(opened);
+  MDB_envinfo info{};
+  mdb_env_info(raw, &info);
+  map_size_.store(info.me_mapsize, std::memory_order_release);
 
   if (mdb_env_get_maxkeysize(raw) < static_cast<int>(kMaxInlineKeySize)) {
     return Status::error(StatusCode::kNotSupported,
@@ -343,8 +448,35 @@ Status LmdbEnv::open() {
   if (const int rc = mdb_reader_check(raw, &dead); rc != MDB_SUCCESS) {
     return status(rc, "cannot check the reader table");
   }
+  if (read_only_) {
+    if (Status s = open_store_read_only(); !s) return s;
+    // Creation locks stay in this process (the region's own), and nothing
+    // this process creates is stored anyway.
+    if (!options_.read_only) {
+      std::fprintf(stderr,
+                   "dogpile: opening the cache in %s read-only: %s; reads are served, writes "
+                   "fail with ReadOnlyError%s\n",
+                   path_.c_str(), read_only_reason_.c_str(),
+                   use_lock ? "" : " (lock.mdb is not writable either: nothing may write the "
+                                   "cache while it is open)");
+    }
+    return Status::ok();
+  }
   if (Status s = open_store(); !s) return s;
-  return LockFile::open(path_ + "/" + LockFile::kFileName, lock_file_);
+  Status s = LockFile::open(path_ + "/" + LockFile::kFileName, lock_file_);
+  // A refused creation.lock is a refused cache file (StoreError), like
+  // data.mdb and lock.mdb, not bad configuration.
+  if (s.code() == StatusCode::kInvalidArgument) {
+    return Status::error(StatusCode::kIOError, "refusing cache file: " + s.message(), s.path(),
+                         s.sys_errno());
+  }
+  return s;
+}
+
+Status LmdbEnv::read_only_error(std::string_view what) const {
+  return Status::error(StatusCode::kReadOnly,
+                       std::string(what) + ": the cache is open read-only: " + read_only_reason_,
+                       path_, read_only_errno_);
 }
 
 namespace {
@@ -449,26 +581,88 @@ Status LmdbEnv::open_store() {
   return Status::ok();
 }
 
+Status LmdbEnv::read_keeping_handles(const WriteBody& body) {
+  std::lock_guard dbi_lock(dbi_mutex_);
+  MDB_txn* raw_txn = nullptr;
+  std::shared_lock<std::shared_mutex> map_lock;
+  if (Status s = begin(MDB_RDONLY, raw_txn, map_lock); !s) return s;
+  TxnPtr txn(raw_txn);  // ends before map_lock is released
+  if (Status s = body(txn.get()); !s) return s;
+  // Committing a read transaction keeps the handles it opened.
+  if (const int rc = mdb_txn_commit(txn.release()); rc != MDB_SUCCESS) {
+    return status(rc, "cannot end a read transaction");
+  }
+  return Status::ok();
+}
+
+Status LmdbEnv::open_store_read_only() {
+  StoreDbs dbs;
+  const Status s = read_keeping_handles([&](MDB_txn* txn) -> Status {
+    for (auto [name, dbi] : {std::pair{kMetaDb, &dbs.meta}, std::pair{kWrittenDb, &dbs.written},
+                             std::pair{kExpiryDb, &dbs.expiry}}) {
+      const int rc = mdb_dbi_open(txn, name, 0, dbi);
+      if (rc == MDB_NOTFOUND) {
+        return read_only_error(std::string("the store table ") + name +
+                               " is missing and cannot be made");
+      }
+      if (rc != MDB_SUCCESS) return status(rc, std::string("cannot open the store table ") + name);
+    }
+    MDB_val key = as_val(kLayoutKey);
+    MDB_val data{};
+    const int rc = mdb_get(txn, dbs.meta, &key, &data);
+    if (rc == MDB_SUCCESS && as_view(data) == layout_record()) return Status::ok();
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return status(rc, "cannot read the store layout");
+    return read_only_error("the cache was written in another store layout, which this version "
+                           "would have to rewrite");
+  });
+  if (!s) return s;
+  dbs_ = dbs;
+  store_open_ = true;
+  return Status::ok();
+}
+
+Status LmdbEnv::broken_error() const {
+  return Status::error(StatusCode::kIOError,
+                       "the LMDB environment lost its memory map in a failed remap; this process "
+                       "cannot use the cache until every user of it here has closed it",
+                       path_);
+}
+
+Status LmdbEnv::adopt_map() {
+  // Map what the data needs now, doubling our map as the writer's doubles,
+  // so that a process growing the map fast costs few remaps here.
+  MDB_envinfo info{};
+  MDB_stat st{};
+  mdb_env_info(env_.get(), &info);
+  mdb_env_stat(env_.get(), &st);
+  const std::uint64_t needed = (std::uint64_t{info.me_last_pgno} + 1) * st.ms_psize;
+  const std::uint64_t current = map_size_.load(std::memory_order_relaxed);
+  if (current >= needed) return Status::ok();  // another thread adopted it
+  std::uint64_t size = std::max<std::uint64_t>(current, kDefaultMapSize);
+  while (size < needed) size *= 2;
+  return remap(size, "cannot adopt the map size set by another process");
+}
+
 Status LmdbEnv::begin(unsigned flags, MDB_txn*& txn, std::shared_lock<std::shared_mutex>& lock) {
-  bool remapped = false;
+  int remaps = 0;
   bool checked_readers = false;
   for (;;) {
     std::shared_lock map_lock(map_mutex_);
+    if (broken_.load(std::memory_order_acquire)) return broken_error();
     const int rc = mdb_txn_begin(env_.get(), nullptr, flags, &txn);
     if (rc == MDB_SUCCESS) {
       lock = std::move(map_lock);
       return Status::ok();
     }
     map_lock.unlock();
-    if (rc == MDB_MAP_RESIZED && !remapped) {
+    if (rc == MDB_MAP_RESIZED && remaps < kRemapAttempts) {
       // Another process grew the map past ours: adopt its size. Remapping
       // needs every transaction of this process to be over; pooled readers
       // are reset and hold no pointer into the map.
-      remapped = true;
-      std::unique_lock remap(map_mutex_);
-      if (const int r = mdb_env_set_mapsize(env_.get(), 0); r != MDB_SUCCESS) {
-        return status(r, "cannot adopt the map size set by another process");
-      }
+      ++remaps;
+      std::unique_lock remap_lock(map_mutex_);
+      if (broken_.load(std::memory_order_relaxed)) return broken_error();
+      if (Status s = adopt_map(); !s) return s;
       continue;
     }
     if (rc == MDB_READERS_FULL && !checked_readers) {
@@ -490,6 +684,7 @@ Status LmdbEnv::begin_read(ReadTxn& out) {
   TxnPtr pooled = take_reader();
   if (pooled) {
     std::shared_lock map_lock(map_mutex_);
+    if (broken_.load(std::memory_order_acquire)) return broken_error();
     if (mdb_txn_renew(pooled.get()) == MDB_SUCCESS) {
       out.env_ = this;
       out.txn_ = pooled.release();
@@ -549,21 +744,102 @@ void LmdbEnv::drain_readers() noexcept {
   }
 }
 
-std::uint64_t LmdbEnv::map_size() const noexcept {
+Status LmdbEnv::remap(std::uint64_t size, std::string_view what) {
+  int fd = -1;
+  if (const int rc = mdb_env_get_fd(env_.get(), &fd); rc != MDB_SUCCESS) return status(rc, what);
+  // mdb_env_set_mapsize unmaps the old map before it maps the new size, and
+  // when that mmap fails it leaves the environment with no map at all (its
+  // next transaction would fault). Mapping the new size once first turns an
+  // exhausted address space (RLIMIT_AS, vm.max_map_count) into an error
+  // that leaves the old map in place.
+  void* probe = ::mmap(nullptr, static_cast<std::size_t>(size), PROT_READ, MAP_SHARED, fd, 0);
+  if (probe == MAP_FAILED) {
+    const int err = errno;
+    return Status::io_error(std::string(what) + ": cannot map " + std::to_string(size) + " bytes" +
+                                (err == ENOMEM ? " (ENOMEM: no room in the address space)" : ""),
+                            path_, err);
+  }
+  ::munmap(probe, static_cast<std::size_t>(size));
+  if (const int rc = mdb_env_set_mapsize(env_.get(), size); rc != MDB_SUCCESS) {
+    // EINVAL (a transaction is active) is refused before anything changes.
+    if (rc != EINVAL) {
+      broken_.store(true, std::memory_order_release);
+      map_size_.store(0, std::memory_order_release);
+    }
+    return status(rc, what);
+  }
   MDB_envinfo info{};
   mdb_env_info(env_.get(), &info);
-  return info.me_mapsize;
+  map_size_.store(info.me_mapsize, std::memory_order_release);
+  return Status::ok();
+}
+
+std::uint64_t LmdbEnv::last_txnid() {
+  std::shared_lock lock(map_mutex_);
+  if (broken_.load(std::memory_order_acquire)) return 0;
+  MDB_envinfo info{};
+  mdb_env_info(env_.get(), &info);
+  return info.me_last_txnid;
+}
+
+std::optional<LmdbEnv::Reader> LmdbEnv::oldest_reader() const {
+  std::optional<Reader> oldest;
+  mdb_reader_list(
+      env_.get(),
+      [](const char* line, void* context) -> int {
+        auto& out = *static_cast<std::optional<Reader>*>(context);
+        // "<pid> <thread> <txnid>"; "-" for a slot between transactions,
+        // and a header line.
+        int pid = 0;
+        unsigned long long thread = 0;
+        unsigned long long txnid = 0;
+        if (std::sscanf(line, "%d %llx %llu", &pid, &thread, &txnid) == 3 &&
+            (!out || txnid < out->txnid)) {
+          out = Reader{pid, txnid};
+        }
+        return 0;
+      },
+      &oldest);
+  return oldest;
+}
+
+Status LmdbEnv::commit_status(int rc) const {
+  constexpr std::string_view what = "cannot commit a write transaction";
+  if (rc == EIO) {
+    // LMDB reports a short write as EIO. A write to a regular file stops
+    // short only where the file cannot grow: at RLIMIT_FSIZE, or on a full
+    // file system. Name which; anything else is a real I/O error.
+    int fd = -1;
+    struct stat st {};
+    struct rlimit limit {};
+    if (mdb_env_get_fd(env_.get(), &fd) == MDB_SUCCESS && ::fstat(fd, &st) == 0 &&
+        ::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        static_cast<rlim_t>(st.st_size) >= limit.rlim_cur) {
+      return lmdb_status(EFBIG, std::string(what) + " (short write)", path_);
+    }
+    struct statvfs fs {};
+    if (::statvfs(path_.c_str(), &fs) == 0) {
+      const std::uint64_t free_blocks = ::geteuid() == 0 ? fs.f_bfree : fs.f_bavail;
+      if (free_blocks * fs.f_frsize < kNearlyFull) {
+        return lmdb_status(ENOSPC, std::string(what) + " (short write)", path_);
+      }
+    }
+  }
+  return status(rc, what);
 }
 
 // ---- writes: growth and eviction ----
 
 Status LmdbEnv::write(const WriteBody& body, std::uint64_t bytes) {
+  if (read_only_) return read_only_error("cannot write");
   const std::uint64_t limit = options_.map_size;
   if (bytes > limit / 2) {
     return full_error(bytes, map_size(), "a write above half of max_size is refused");
   }
   std::uint64_t freed = 0;
   int rounds = 0;
+  bool checked_readers = false;
+  std::uint64_t evicting_from = 0;  // the first transaction id eviction commits
   for (;;) {
     std::uint64_t map = 0;
     Status s = write_once(body, map);
@@ -573,17 +849,47 @@ Status LmdbEnv::write(const WriteBody& body, std::uint64_t bytes) {
       if (Status g = grow(map, bytes); !g) return g;
       continue;
     }
+    // A process killed inside a read transaction leaves its reader slot
+    // behind, and LMDB keeps every page freed since that snapshot from
+    // reuse; only a full reader table makes anyone check. Clear dead readers
+    // before evicting live entries for room they hold.
+    if (!checked_readers) {
+      checked_readers = true;
+      int dead = 0;
+      if (mdb_reader_check(env_.get(), &dead) == MDB_SUCCESS && dead > 0) continue;
+    }
+    // LMDB reuses the pages a transaction frees only once no reader is older
+    // than it, so a reader that began before eviction keeps all it frees
+    // from reuse. When a write failed so, later ones fail at once while that
+    // reader stays, rather than evict more for nothing.
+    if (rounds == 0) {
+      if (const std::uint64_t before = pinned_before_.load(std::memory_order_relaxed);
+          before != 0) {
+        if (const std::optional<Reader> reader = oldest_reader();
+            reader && reader->txnid < before) {
+          return pinned_error(bytes, map, *reader);
+        }
+        pinned_before_.store(0, std::memory_order_relaxed);  // that reader is gone
+      }
+      evicting_from = last_txnid() + 1;
+    }
+    // A full store after eviction: name the reader that kept it from helping.
+    const auto explain = [&](Status full) {
+      if (full.code() != StatusCode::kFull) return full;
+      const std::optional<Reader> reader = oldest_reader();
+      if (!reader || reader->txnid >= evicting_from) return full;
+      pinned_before_.store(evicting_from, std::memory_order_relaxed);
+      return pinned_error(bytes, map, *reader);
+    };
     if (rounds == kEvictionRounds) {
-      return full_error(bytes, map,
-                        std::to_string(kEvictionRounds) + " eviction rounds freed " +
-                            std::to_string(freed) + " bytes, not enough room");
+      return explain(full_error(bytes, map,
+                                std::to_string(kEvictionRounds) + " eviction rounds freed " +
+                                    std::to_string(freed) + " bytes, not enough room"));
     }
     ++rounds;
     std::uint64_t round_freed = 0;
-    if (Status e = evict_round(bytes, map, round_freed); !e) return e;
-    if (round_freed == 0) {
-      return full_error(bytes, map, "there is nothing left to evict");
-    }
+    if (Status e = evict_round(bytes, map, round_freed); !e) return explain(std::move(e));
+    if (round_freed == 0) return explain(full_error(bytes, map, "there is nothing left to evict"));
     freed += round_freed;
   }
 }
@@ -599,16 +905,14 @@ Status LmdbEnv::write_once(const WriteBody& body, std::uint64_t& map) {
 
 Status LmdbEnv::grow(std::uint64_t seen, std::uint64_t bytes) {
   // Remapping needs every transaction of this process to be over.
-  std::unique_lock remap(map_mutex_);
+  std::unique_lock remap_lock(map_mutex_);
+  if (broken_.load(std::memory_order_relaxed)) return broken_error();
   const std::uint64_t map = map_size();
   if (map > seen) return Status::ok();  // grown meanwhile: retry first
   const std::uint64_t wanted = std::max(2 * map, map + 2 * bytes + kDefaultMapSize);
   const std::uint64_t size = std::min(options_.map_size, wanted);
   if (size <= map) return full_error(bytes, map, "the map cannot grow");
-  if (const int rc = mdb_env_set_mapsize(env_.get(), size); rc != MDB_SUCCESS) {
-    return status(rc, "cannot grow the map to " + std::to_string(size) + " bytes");
-  }
-  return Status::ok();
+  return remap(size, "cannot grow the map to " + std::to_string(size) + " bytes");
 }
 
 Status LmdbEnv::evict_round(std::uint64_t bytes, std::uint64_t map, std::uint64_t& freed) {
@@ -662,6 +966,14 @@ Status LmdbEnv::evict_round(std::uint64_t bytes, std::uint64_t map, std::uint64_
     if (!s && s.code() != StatusCode::kFull) return s;
   }
   return Status::ok();
+}
+
+Status LmdbEnv::pinned_error(std::uint64_t bytes, std::uint64_t map, const Reader& reader) const {
+  return full_error(bytes, map,
+                    "a read transaction of process " + std::to_string(reader.pid) +
+                        " has been open since transaction " + std::to_string(reader.txnid) +
+                        ", older than the eviction that freed room, so the freed pages cannot be "
+                        "reused until it ends");
 }
 
 Status LmdbEnv::full_error(std::uint64_t bytes, std::uint64_t map, std::string_view why) const {
@@ -746,6 +1058,13 @@ Status LmdbEnv::open_region(std::string_view region, RegionRef& out) {
       return Status::ok();
     }
     if (regions_.size() >= options_.max_regions) return regions_full();
+  }
+  if (read_only_) {
+    std::optional<RegionRef> found;
+    if (Status s = find_region(region, found); !s) return s;
+    if (!found) return read_only_error("cannot create region '" + std::string(region) + "'");
+    out = std::move(*found);
+    return Status::ok();
   }
 
   // A new handle is private to its transaction until that commits, so open
@@ -834,7 +1153,7 @@ Status LmdbEnv::find_region(std::string_view region, std::optional<RegionRef>& o
     found = RegionRef{std::string(region), id, dbi};
     return Status::ok();
   };
-  if (Status s = write(body, 0); !s) return s;
+  if (Status s = read_only_ ? read_keeping_handles(body) : write(body, 0); !s) return s;
   if (found && !remember_region(*found)) {
     return Status::error(StatusCode::kInvalidArgument,
                          "cannot open region '" + std::string(region) + "': all " +

@@ -23,7 +23,18 @@
 //
 // The map starts small (LMDB's default, or what the file already needs) and
 // write() grows it on MDB_MAP_FULL up to max_size, then evicts
-// (docs/format.md, "LMDB store layout").
+// (docs/format.md, "LMDB store layout"). mdb_env_set_mapsize unmaps before
+// it maps again and leaves the environment without a map when mmap fails, so
+// every remap is tried with a mapping of its own first; should LMDB still
+// fail, the environment is marked broken and refuses transactions instead
+// of crashing in them.
+//
+// Read-only: with LmdbEnvOptions::read_only, or when the directory holds a
+// cache this user may read but not write (directory or data.mdb), the
+// environment opens MDB_RDONLY (plus MDB_NOLOCK when lock.mdb cannot be
+// opened for writing: such an opener has no reader slot, so nothing may
+// write the cache meanwhile), creates nothing, opens no creation.lock, and
+// write() fails with kReadOnly.
 //
 // Thread safety: LmdbEnv is safe to share between threads; ReadTxn and
 // WriteTxn objects belong to one thread at a time.
@@ -132,6 +143,8 @@ struct LmdbEnvOptions {
   std::uint32_t max_regions = 128;
   std::uint32_t max_readers = 510;
   Durability durability = Durability::kDurable;
+  // Open without writing anything (LmdbOptions::read_only).
+  bool read_only = false;
 };
 
 class LmdbEnv {
@@ -154,8 +167,9 @@ class LmdbEnv {
 
   // The environment of directory `dir` (which must exist) for this process
   // and fork generation: the registered one, or a new one opened with
-  // `options`. Refuses data.mdb / lock.mdb that are symlinks, not regular
-  // files, hard-linked or owned by another user.
+  // `options`. Refuses a directory check_cache_dir refuses (another owner,
+  // group or world writable), and data.mdb / lock.mdb that are symlinks, not
+  // regular files, hard-linked or owned by another user.
   static Status acquire(const std::string& dir, const LmdbEnvOptions& options,
                         std::shared_ptr<LmdbEnv>& out);
 
@@ -167,18 +181,26 @@ class LmdbEnv {
   bool is_current() const noexcept { return generation_ == fork_generation(); }
   const std::string& path() const noexcept { return path_; }
   MDB_env* raw() const noexcept { return env_.get(); }
-  LockFile& lock_file() const noexcept { return *lock_file_; }
+  // The directory's creation.lock; nullptr when the environment is read-only.
+  LockFile* lock_file() const noexcept { return lock_file_.get(); }
   const LmdbEnvOptions& options() const noexcept { return options_; }
+  // Whether the environment was opened read-only (by option or because this
+  // user cannot write the cache), and why.
+  bool read_only() const noexcept { return read_only_; }
+  const std::string& read_only_reason() const noexcept { return read_only_reason_; }
+  // The kReadOnly refusal of a write to this environment.
+  Status read_only_error(std::string_view what) const;
 
   // Handles of the store's own tables (_meta, _written, _expiry).
   const StoreDbs& store_dbs() const noexcept { return dbs_; }
   // Largest size the map grows to by itself (the first opener's max_size).
   std::uint64_t max_size() const noexcept { return options_.map_size; }
-  // Current size of this process's map.
-  std::uint64_t map_size() const noexcept;
+  // Current size of this process's map (0 once the environment is broken).
+  std::uint64_t map_size() const noexcept { return map_size_.load(std::memory_order_acquire); }
 
   // Region `region` (sub-database "region:<name>" and its id in _meta),
-  // created if missing. Empty names, names containing NUL and names over
+  // created if missing (kReadOnly when it is missing from a read-only
+  // environment). Empty names, names containing NUL and names over
   // kMaxRegionNameSize are refused. A handle is opened once per process, in
   // a write transaction of its own (which serialises mdb_dbi_open as LMDB
   // requires), so these three must not be called while the calling thread
@@ -204,12 +226,21 @@ class LmdbEnv {
   // it must do all its work on the transaction it is given, and return kFull
   // only for MDB_MAP_FULL. `bytes` is what body writes (record bytes); a
   // write above half of max_size, or one that still does not fit after
-  // kEvictionRounds, fails with kFull.
+  // kEvictionRounds, fails with kFull. When a read transaction older than the
+  // eviction (a long-lived reader) kept the freed pages from reuse, the
+  // kFull names it, and while it stays later writes fail at once, evicting
+  // nothing more. A read-only environment fails with kReadOnly.
   using WriteBody = std::function<Status(MDB_txn* txn)>;
   Status write(const WriteBody& body, std::uint64_t bytes);
 
   // Eviction rounds a write may cause before it fails with kFull.
   static constexpr int kEvictionRounds = 3;
+  // Times one transaction begin adopts another process's larger map before
+  // it gives up (the other process may keep growing it meanwhile).
+  static constexpr int kRemapAttempts = 8;
+  // A short write with less than this free on the file system is a full
+  // file system (ENOSPC).
+  static constexpr std::uint64_t kNearlyFull = std::uint64_t{1} << 20;
   // Most entries one eviction transaction removes.
   static constexpr std::uint64_t kEvictionBatch = 4096;
 
@@ -229,9 +260,41 @@ class LmdbEnv {
   LmdbEnv(std::string path, const LmdbEnvOptions& options, std::uint64_t generation);
   // Checks the files, opens the environment and the lock file.
   Status open();
+  // Decides whether to open read-only (read_only_, read_only_reason_).
+  Status choose_mode(const std::string& data_path);
   // Opens the store tables and writes the layout record, emptying a store
   // of another layout.
   Status open_store();
+  // open_store for a read-only environment: the tables must exist in this
+  // layout.
+  Status open_store_read_only();
+  // Runs `body` in a read transaction that is committed, so that database
+  // handles it opens stay open; such calls are serialised (mdb_dbi_open
+  // calls must not overlap). For read-only environments, which cannot use
+  // a write transaction for that.
+  Status read_keeping_handles(const WriteBody& body);
+  // Remaps to `size` bytes (at least what the data needs). The caller holds
+  // map_mutex_ exclusively.
+  Status remap(std::uint64_t size, std::string_view what);
+  // Remaps to cover what another process wrote past our map (after
+  // MDB_MAP_RESIZED). The caller holds map_mutex_ exclusively.
+  Status adopt_map();
+  // The error of every transaction once broken_ is set.
+  Status broken_error() const;
+  // The Status of a failed mdb_txn_commit, with the cause of a short write
+  // (LMDB's EIO) found: a full file system or RLIMIT_FSIZE.
+  Status commit_status(int rc) const;
+  // The id of the last committed transaction.
+  std::uint64_t last_txnid();
+  // The oldest read transaction in the reader table (pid and the
+  // transaction id it reads), if any.
+  struct Reader {
+    int pid = 0;
+    std::uint64_t txnid = 0;
+  };
+  std::optional<Reader> oldest_reader() const;
+  // kFull naming `reader`, which keeps eviction from making room.
+  Status pinned_error(std::uint64_t bytes, std::uint64_t map, const Reader& reader) const;
 
   // One attempt of write(): body and commit in one transaction; `map` is
   // the map size the transaction ran with.
@@ -266,8 +329,20 @@ class LmdbEnv {
   Key key_{};
 
   EnvHandle env_;
-  std::shared_ptr<LockFile> lock_file_;
+  std::shared_ptr<LockFile> lock_file_;  // null when read-only
   std::shared_mutex map_mutex_;  // shared: any transaction; exclusive: remapping
+  std::atomic<std::uint64_t> map_size_{0};  // changed under map_mutex_ exclusively
+  // Set (under map_mutex_ exclusively) when LMDB lost its map in a failed
+  // remap: no transaction may begin any more.
+  std::atomic<bool> broken_{false};
+  bool read_only_ = false;  // set by open, then constant
+  std::string read_only_reason_;
+  int read_only_errno_ = 0;
+  std::mutex dbi_mutex_;  // serialises read_keeping_handles
+  // While not 0: a write found that a reader older than this transaction id
+  // kept eviction from making room; writes that need room fail at once
+  // while such a reader remains.
+  std::atomic<std::uint64_t> pinned_before_{0};
 
   // Reset read transactions, reused via mdb_txn_renew. A slot is emptied or
   // filled with one atomic exchange, so a read takes no lock for its reader.

@@ -233,8 +233,15 @@ Status StampFile::open(const std::string& path, std::shared_ptr<StampFile>& out)
     return Status::io_error("cannot stat invalidation stamps file", path, errno);
   }
   if (st.st_size == 0) {
-    if (::ftruncate(fd.get(), static_cast<off_t>(kFileSize)) != 0) {
-      return Status::io_error("cannot size invalidation stamps file", path, errno);
+    // Blocks allocated, not a sparse ftruncate: on a full file system the
+    // first store through the mapping into a hole would raise SIGBUS.
+    if (const int err = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(kFileSize)); err != 0) {
+      (void)::ftruncate(fd.get(), 0);  // a later open tries again
+      if (err == ENOSPC) {
+        return Status::io_error(
+            "cannot size invalidation stamps file: the file system is full (ENOSPC)", path, err);
+      }
+      return Status::io_error("cannot size invalidation stamps file", path, err);
     }
   } else if (st.st_size != static_cast<off_t>(kFileSize)) {
     return refuse(path,

@@ -66,6 +66,14 @@ class StoreError : public Error {
   using Error::Error;
 };
 
+// A write to a store opened read-only: the lmdb option read_only, or a cache
+// this user can read but not write. A StoreError, so handlers of store
+// failures see it too.
+class ReadOnlyError : public StoreError {
+ public:
+  using StoreError::StoreError;
+};
+
 // Throws the exception type that matches status.code(); does nothing on OK.
 void throw_if_error(const Status& status);
 

@@ -21,8 +21,20 @@
 // evictions, are kept in the directory for every process to read
 // (docs/format.md, "LMDB store layout").
 //
+// Read-only: with the read_only option, or on its own when the directory
+// holds a cache this user may read but not write (a read-only copy or
+// mount), the backend serves reads and refuses writes, erases and
+// invalidations with kReadOnly (ReadOnlyError at the Region API); it creates
+// nothing, its creation locks are the region's in-process ones, and it keeps
+// no usage counters. Region::get_or_create still returns what the creator
+// made.
+//
+// The cache directory must be owned by this user and writable by no one else
+// (check_cache_dir); cache files that are symlinks, hard links, not regular
+// files or owned by another user are refused.
+//
 // Registry name "lmdb"; arguments: path, region, max_size, max_regions,
-// max_readers, durability.
+// max_readers, durability, read_only.
 //
 // Thread safety: a backend may be used by any number of threads at once.
 #pragma once
@@ -62,11 +74,18 @@ struct LmdbOptions {
   std::uint32_t max_readers = 510;
   // Default: Durability::kDurable.
   Durability durability = Durability::kDurable;
+  // Serve reads only: writes fail with kReadOnly and nothing is created in
+  // the directory, which must hold a cache. Without a writable lock.mdb the
+  // store is read with no reader slot, so nothing may write it meanwhile.
+  // A cache this user cannot write is opened read-only without it.
+  // Default: false.
+  bool read_only = false;
 };
 
 // Opens (or creates) the cache directory and the region's sub-database.
-// Throws StoreError naming the path and errno when it cannot, ConfigError for
-// bad options.
+// Throws StoreError naming the path and errno when it cannot (ReadOnlyError
+// when read-only and the store cannot be read as it is), ConfigError for bad
+// options.
 std::unique_ptr<Backend> open_lmdb_backend(const LmdbOptions& options);
 
 }  // namespace dogpile

@@ -28,6 +28,7 @@ enum class StatusCode {
   kNotSupported,     // the backend cannot do this
   kReentrant,        // a creator asked for its own key's creation lock
   kNotConfigured,    // a region was used before it was given a backend
+  kReadOnly,         // the store is open read-only; the message says why
 };
 
 // Short stable name of a code, e.g. "corruption".
