@@ -50,7 +50,7 @@ namespace dogpile {
 enum class Durability {
   kDurable,     // every commit is synced to disk (MDB default)
   kNoMetaSync,  // meta page not synced: the last commit may be lost on power loss
-  kNoSync,      // no syncs: recent commits may be lost on power loss, never corrupted
+  kNoSync,      // no syncs: power loss may lose recent commits or corrupt the file
 };
 
 struct LmdbOptions {
