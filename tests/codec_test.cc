@@ -18,6 +18,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -871,5 +872,48 @@ TEST_CASE("a shared pointer referring to one of another type does not decode") {
     REQUIRE(dogpile::decode_payload(codec, int_then_int, decoded));
     CHECK(decoded.same_number == decoded.number);
     CHECK_FALSE(decoded.text);
+  }
+}
+
+TEST_CASE("a json zero spelled so that rapidjson would misread it is refused") {
+  // rapidjson 1.1.0 read "0e100" as about -2e146: a number whose digits are
+  // all zeros, past its fast path, is refused, never decoded to a wrong value.
+  for (const std::string number :
+       {"0e100", "-0E+100", "0e-324", "0.00000000000000000000000", "0.0e5"}) {
+    CAPTURE(number);
+    const std::string payload = "{\"value\": " + number + "}";
+    double value = 1.0;
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, payload, value));
+    std::vector<double> values;
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, "{\"value\": [1.5, " + number + "]}",
+                                        values));
+    std::string text;  // the top-level string reader parses the number too
+    CHECK_FALSE(dogpile::decode_payload(CodecId::kJson, payload, text));
+  }
+  // Zeros as cereal writes them, and as far as rapidjson reads them right;
+  // the same characters inside a string are text; other numbers with
+  // exponents are numbers.
+  for (const auto& [number, expected] : std::vector<std::pair<std::string, double>>{
+           {"0.0", 0.0},
+           {"-0.0", -0.0},
+           {"0", 0.0},
+           {"0.0000000000000000000000", 0.0},
+           {"1e100", 1e100},
+           {"0.5e-3", 0.5e-3},
+           {"10e-1", 1.0}}) {
+    CAPTURE(number);
+    double value = 1.0;
+    REQUIRE(dogpile::decode_payload(CodecId::kJson, "{\"value\": " + number + "}", value));
+    CHECK(value == expected);
+    CHECK(std::signbit(value) == std::signbit(expected));
+  }
+  std::string text;
+  REQUIRE(dogpile::decode_payload(CodecId::kJson, "{\"value\": \"0e100\"}", text));
+  CHECK(text == "0e100");
+  for (const double zero : {0.0, -0.0}) {
+    double value = 1.0;
+    REQUIRE(dogpile::decode_payload(CodecId::kJson, payload_of(CodecId::kJson, zero), value));
+    CHECK(value == 0.0);
+    CHECK(std::signbit(value) == std::signbit(zero));
   }
 }

@@ -16,7 +16,8 @@
 // read through the bounded archives of bounded_archive.h, which refuse a
 // size larger than the bytes left and nesting deeper than a fixed limit, and
 // a JSON payload nested deeper than kMaxJsonDepth is refused before rapidjson,
-// which recurses once per level, parses it.
+// which recurses once per level, parses it, as is one spelling a zero in a
+// way rapidjson misreads (json_zero_numbers_ok).
 #pragma once
 
 #include <algorithm>
@@ -156,10 +157,63 @@ inline bool json_depth_ok(std::string_view json) noexcept {
   return true;
 }
 
+// Debian 12's rapidjson (1.1.0) misreads a number whose digits are all
+// zeros when its full-precision path (which cereal's reader takes) goes past
+// the fast path: "0e100", or "0." and more than 22 zeros, reads back as a
+// large or tiny nonzero value, computed from __builtin_clzll(0)
+// (Tencent/rapidjson#1249 and #1441, fixed after 1.1.0). cereal writes zero
+// as "0.0", so only other writers spell it so: such a number is refused
+// rather than misread. More fraction digits than this, all zero, are refused.
+inline constexpr std::size_t kMaxZeroFractionDigits = 22;
+
+// Whether `json` holds no all-zero number with an exponent or with more than
+// kMaxZeroFractionDigits fraction digits. Strings are skipped as in
+// json_depth_ok; any other digit starts a number (JSON has no names that
+// hold digits), so malformed text is judged by the same rule.
+inline bool json_zero_numbers_ok(std::string_view json) noexcept {
+  const auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
+  bool in_string = false;
+  for (std::size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+      continue;
+    }
+    if (c != '-' && !is_digit(c)) continue;
+    std::size_t j = c == '-' ? i + 1 : i;
+    bool nonzero = false;
+    for (; j < json.size() && is_digit(json[j]); ++j) nonzero = nonzero || json[j] != '0';
+    std::size_t fraction_digits = 0;
+    if (j < json.size() && json[j] == '.') {
+      for (++j; j < json.size() && is_digit(json[j]); ++j, ++fraction_digits) {
+        nonzero = nonzero || json[j] != '0';
+      }
+    }
+    const bool exponent = j < json.size() && (json[j] == 'e' || json[j] == 'E');
+    if (!nonzero && (exponent || fraction_digits > kMaxZeroFractionDigits)) return false;
+    if (exponent) {
+      ++j;
+      if (j < json.size() && (json[j] == '+' || json[j] == '-')) ++j;
+      while (j < json.size() && is_digit(json[j])) ++j;
+    }
+    i = j - 1;  // the loop's ++i lands on the character after the number
+  }
+  return true;
+}
+
 // A top-level std::string is read with rapidjson directly, honouring the
 // string's length, so strings with NULs round-trip through the JSON codec.
 // The bytes are the same {"value": "..."} object cereal writes.
 inline bool decode_json_string(std::string_view bytes, std::string& out) {
+  if (!json_zero_numbers_ok(bytes)) return false;
   ViewReadBuf buf(bytes);
   std::istream stream(&buf);
   RAPIDJSON_NAMESPACE::IStreamWrapper reader(stream);
@@ -320,7 +374,9 @@ bool read_whole_binary_payload(std::string_view bytes, T& out) {
 
 template <class T>
 bool read_whole_json_payload(std::string_view bytes, T& out) {
-  if (json_has_nul_escape(bytes) || !json_depth_ok(bytes)) return false;
+  if (json_has_nul_escape(bytes) || !json_depth_ok(bytes) || !json_zero_numbers_ok(bytes)) {
+    return false;
+  }
   ViewReadBuf buf(bytes);
   std::istream stream(&buf);
   {
