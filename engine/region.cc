@@ -75,6 +75,15 @@ std::int64_t to_ns(WallTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
+// a - b for times that come from stored bytes, which can hold any value:
+// clamped to the int64 range where the difference would overflow.
+std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t difference = 0;
+  if (!__builtin_sub_overflow(a, b, &difference)) return difference;
+  return b < 0 ? std::numeric_limits<std::int64_t>::max()
+               : std::numeric_limits<std::int64_t>::min();
+}
+
 WallTime from_ns(std::int64_t ns) {
   return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
 }
@@ -282,7 +291,16 @@ std::optional<std::string_view> Region::full_key_for(std::string_view stored_key
 EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl) const {
   EnvelopeMeta meta;
   meta.created_at_ns = to_ns(options_.clock->now());
-  if (ttl) meta.expires_at_ns = meta.created_at_ns + ttl->count();
+  if (ttl) {
+    // A ttl too long to add never expires: the latest time there is (the
+    // earliest for a negative one, already expired).
+    std::int64_t expires_at = 0;
+    if (__builtin_add_overflow(meta.created_at_ns, ttl->count(), &expires_at)) {
+      expires_at = ttl->count() < 0 ? std::numeric_limits<std::int64_t>::min()
+                                    : std::numeric_limits<std::int64_t>::max();
+    }
+    meta.expires_at_ns = expires_at;
+  }
   return meta;
 }
 
@@ -370,18 +388,19 @@ Region::State Region::judge(const EnvelopeMeta& meta, const GetOptions& call) co
   if (call.ignore_expiration) return State::kFresh;
   const std::int64_t now = to_ns(options_.clock->now());
   const bool from_future =
-      meta.created_at_ns - now > std::chrono::nanoseconds(options_.future_tolerance).count();
+      saturating_sub(meta.created_at_ns, now) >
+      std::chrono::nanoseconds(options_.future_tolerance).count();
   // A per-call expiration is the caller's explicit word and wins; else an
   // entry's own TTL; else the region's expiration (callable or fixed).
   bool expired = false;
   if (call.expiration_time) {
-    expired = now - meta.created_at_ns >= call.expiration_time->count();
+    expired = saturating_sub(now, meta.created_at_ns) >= call.expiration_time->count();
   } else if (meta.expires_at_ns) {
     expired = now >= *meta.expires_at_ns;
   } else if (const std::optional<Duration> region_expiration = options_.expiration_time_fn
                                                                    ? options_.expiration_time_fn()
                                                                    : options_.expiration_time) {
-    expired = now - meta.created_at_ns >= region_expiration->count();
+    expired = saturating_sub(now, meta.created_at_ns) >= region_expiration->count();
   }
   const bool stale = from_future || expired || stamps.is_soft_invalidated(created_at);
   return stale ? State::kStale : State::kFresh;

@@ -1625,3 +1625,31 @@ TEMPLATE_TEST_CASE("lmdb: hard invalidation makes values missing, soft regenerat
   CHECK(region.stats().corruptions == 0);
   CHECK(region.stats().mismatches == 0);
 }
+
+TEST_CASE("creation times and ttls at the ends of the int64 range are judged without overflow",
+          "[region][expiry]") {
+  LmdbFixture f;
+  Region region(f.options(1h), f.backend);
+  std::string payload;
+  encode_payload(CodecId::kBinary, std::string("v"), payload);
+  const auto store_created_at = [&](const std::string& key, std::int64_t created_at_ns) {
+    const EnvelopeMeta meta{.type_tag = type_tag<std::string>(),
+                            .schema_version = schema_version<std::string>(),
+                            .codec = CodecId::kBinary,
+                            .created_at_ns = created_at_ns};
+    REQUIRE(f.backend->set(key, encode_envelope(meta, std::nullopt, payload)));
+  };
+  // Stored bytes can hold any time. The earliest is ancient, whichever
+  // expiration judges it; `now - created_at` would overflow.
+  store_created_at("ancient", std::numeric_limits<std::int64_t>::min());
+  CHECK_FALSE(region.get<std::string>("ancient"));
+  CHECK_FALSE(region.get<std::string>("ancient", {.expiration_time = Duration(1h)}));
+  CHECK(region.get<std::string>("ancient", {.ignore_expiration = true}) == "v");
+  // The latest is from the future, beyond any tolerance.
+  store_created_at("future", std::numeric_limits<std::int64_t>::max());
+  CHECK_FALSE(region.get<std::string>("future"));
+  // A ttl too long to add to the creation time never expires.
+  region.set<std::string>("forever", "v", {.ttl = Duration::max()});
+  f.clock->advance(24h);
+  CHECK(region.get<std::string>("forever") == "v");
+}
