@@ -90,6 +90,29 @@ inline std::vector<pid_t> spawn(int n, StartGate& gate, const std::function<int(
   return pids;
 }
 
+// waitpid(pid), retried on EINTR: the child's wait status (-1 on error).
+inline int wait_status(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return -1;
+  }
+  return status;
+}
+
+// Reads `fd` to its end (a pipe: until every writer closed it), then closes it.
+inline std::string read_to_end(int fd) {
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
 // Waits for every pid; returns the number that did not exit with status 0.
 inline int reap(const std::vector<pid_t>& pids, std::map<pid_t, int>* statuses = nullptr) {
   int failed = 0;
