@@ -10,6 +10,7 @@ DOGPILE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DOGPILE_PACKAGES=(
   meson ninja-build pkg-config cmake g++ clang python3
   liblmdb-dev libcereal-dev libxxhash-dev catch2 libcli11-dev libbenchmark-dev
+  libfuzzer-14-dev
 )
 
 # The caches and tools scripts/bench measures dogpile against, and what draws
