@@ -139,6 +139,9 @@ int contender(const std::string& dir, const std::string& log, const std::string&
         log_line(log, "offspring " + std::to_string(child) + " " + std::to_string(mono_ns()));
       }
       if (death == Death::kExit) {
+        // As long as a killed holder lives: the others are waiting by now,
+        // so the takeover time is not their start-up time.
+        std::this_thread::sleep_for(1s);
         log_line(log, "dying " + std::to_string(self) + " " + std::to_string(mono_ns()));
         _exit(3);
       }
