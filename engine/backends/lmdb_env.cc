@@ -294,13 +294,10 @@ Status LmdbEnv::acquire(const std::string& dir, const LmdbEnvOptions& options,
 
   // Whoever else can write the directory could swap the files under us.
   if (Status s = check_cache_dir(dir); !s) return s;
+  // The environment's identity: the directory check_cache_dir accepted.
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
     return Status::io_error("cannot stat cache directory", dir, errno);
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return Status::error(StatusCode::kIOError, "refusing cache directory: it is not a directory",
-                         dir, ENOTDIR);
   }
   const Key key{st.st_dev, st.st_ino};
   const std::uint64_t generation = fork_generation();
