@@ -30,6 +30,7 @@ using dogpile::KeyValue;
 using dogpile::Status;
 using dogpile::StatusCode;
 
+using dogpile::test::str_cat;
 using dogpile::test::TempDir;
 using dogpile::test::erase;
 using dogpile::test::get;
@@ -227,7 +228,7 @@ TEMPLATE_TEST_CASE("storing backends keep their contract", "[backend][conformanc
       for (int t = 0; t < kThreads; ++t) {
         threads.emplace_back([&, t] {
           for (int i = 0; i < kOps; ++i) {
-            const std::string key = "t" + std::to_string(t) + "-" + std::to_string(i);
+            const std::string key = str_cat("t", t, "-", i);
             const std::string value =
                 pattern(static_cast<std::size_t>(i * 7), static_cast<unsigned>(t * 1000 + i));
             std::optional<std::string> got;

@@ -301,6 +301,9 @@ def check_values(binary, fixture_bin, tmp):
     r = run(binary, ["get", "blob", "--raw", "--json"] + d)
     check("get --raw and --json exclude each other", r.returncode == 2, text(r.stderr))
 
+    # scripts/lib.sh installs hexdump (bsdextrautils); without it this
+    # comparison would pass by not running, so its absence is a failure.
+    check("hexdump is installed to compare with", shutil.which("hexdump") is not None)
     if shutil.which("hexdump"):
         for key, data in (("blob", BLOB), ("zeros", bytes(100))):
             r = run(binary, ["get", key] + d)

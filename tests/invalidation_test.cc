@@ -26,6 +26,7 @@ using namespace dogpile;
 using namespace std::chrono_literals;
 using dogpile::internal::StampFile;
 using dogpile::test::FakeClock;
+using dogpile::test::str_cat;
 using dogpile::test::TempDir;
 
 namespace {
@@ -645,7 +646,7 @@ TEST_CASE("stamps file: every slot taken is a typed error; the claimed slots sti
   std::vector<std::uint32_t> slots;
   for (std::uint32_t i = 0; i < StampFile::kSlotCount; ++i) {
     std::uint32_t slot = 0;
-    REQUIRE(file->claim(StampFile::region_hash("r" + std::to_string(i)), slot));
+    REQUIRE(file->claim(StampFile::region_hash(str_cat("r", i)), slot));
     slots.push_back(slot);
   }
   CHECK(std::set<std::uint32_t>(slots.begin(), slots.end()).size() == StampFile::kSlotCount);

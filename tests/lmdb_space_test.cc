@@ -44,6 +44,7 @@ using dogpile::internal::ReadTxn;
 using dogpile::internal::RegionRef;
 using dogpile::internal::RemovalStep;
 using dogpile::internal::StoreDbs;
+using dogpile::test::str_cat;
 using dogpile::test::TempDir;
 using dogpile::test::get;
 using dogpile::test::set;
@@ -818,7 +819,7 @@ TEST_CASE("eviction reaches regions this process never opened", "[lmdb][space][f
   REQUIRE(in_child([&] {
             std::unique_ptr<Backend> theirs = open_backend(dir.path(), max_size, "theirs");
             for (int i = 0; i < 20; ++i) {
-              if (!theirs->set("t" + std::to_string(i), value_for(i, 20000)).is_ok()) return 1;
+              if (!theirs->set(str_cat("t", i), value_for(i, 20000)).is_ok()) return 1;
             }
             return 0;
           }) == 0);

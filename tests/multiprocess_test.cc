@@ -228,7 +228,7 @@ TEST_CASE("get_or_create_multi from 8 processes over overlapping key sets: each 
   const auto pids = spawn(8, gate, [&](int i) {
     Region region = open_region(dir.path());
     std::vector<std::string> keys;
-    for (int j = 0; j < 8; ++j) keys.push_back("k" + std::to_string(i + (j + i) % 8));
+    for (int j = 0; j < 8; ++j) keys.push_back(str_cat("k", i + (j + i) % 8));
     const auto values =
         region.get_or_create_multi<std::string>(keys, [&](std::span<const std::string> missing) {
           std::vector<std::string> out;

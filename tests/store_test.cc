@@ -199,7 +199,7 @@ TEST_CASE("stats counts entries and bytes per region, and totals", "[store]") {
   {
     Writer a(dir.path(), "alpha");
     Writer b(dir.path(), "beta");
-    for (int i = 0; i < 30; ++i) a.put("a" + std::to_string(i), std::string(100, 'a'));
+    for (int i = 0; i < 30; ++i) a.put(str_cat("a", i), std::string(100, 'a'));
     for (int i = 0; i < 5; ++i) b.put("b" + std::to_string(i), std::string(5000, 'b'));
   }
   Store store = open_store(dir.path());
@@ -470,7 +470,7 @@ TEST_CASE("clear empties one region or all of them", "[store]") {
     auto a = open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "a"});
     std::vector<KeyValue> items;
     for (int i = 0; i < 2500; ++i) {
-      const std::string key = "k" + std::to_string(i);
+      const std::string key = str_cat("k", i);
       items.emplace_back(
           key, envelope_for(key, "v",
                             i % 2 ? std::optional(now_ns() + 1'000'000'000'000) : std::nullopt));
@@ -510,7 +510,7 @@ TEST_CASE("verify passes on a healthy store and reports progress", "[store]") {
     Writer a(dir.path(), "a");
     Writer b(dir.path(), "b");
     for (int i = 0; i < 5000; ++i) {
-      a.put("k" + std::to_string(i), "v",
+      a.put(str_cat("k", i), "v",
             i % 5 == 0 ? std::optional(now_ns() + 1'000'000'000'000) : std::nullopt);
     }
     b.put(std::string(900, 'q'), "long");
@@ -597,13 +597,13 @@ TEST_CASE("compact writes a smaller copy that opens with the same entries", "[st
   TempDir dir;
   {
     Writer w(dir.path(), "r");
-    for (int i = 0; i < 2000; ++i) w.put("k" + std::to_string(i), std::string(1000, 'p'));
+    for (int i = 0; i < 2000; ++i) w.put(str_cat("k", i), std::string(1000, 'p'));
     Writer s(dir.path(), "s");
     s.put(std::string(800, 'L'), "long");
   }
   Store store = open_store(dir.path());
   for (int i = 0; i < 2000; ++i) {
-    if (i % 10 != 0) REQUIRE(store.erase("r", "k" + std::to_string(i)));
+    if (i % 10 != 0) REQUIRE(store.erase("r", str_cat("k", i)));
   }
   store.invalidate("s", false);
 
@@ -718,7 +718,7 @@ TEST_CASE("one store serves many threads while a writer writes", "[store]") {
   {
     Writer w(dir.path(), "r");
     for (int i = 0; i < 300; ++i) {
-      w.put("k" + std::to_string(i), std::string(200, 'v'),
+      w.put(str_cat("k", i), std::string(200, 'v'),
             i % 2 ? std::optional(now_ns() - 1) : std::nullopt);
       if (i % 50 == 0) store.purge();
     }

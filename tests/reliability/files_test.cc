@@ -43,6 +43,7 @@ namespace {
 using dogpile::StatusCode;
 using dogpile::test::figure;
 using dogpile::test::read_to_end;
+using dogpile::test::str_cat;
 using dogpile::test::TempDir;
 using dogpile::test::wait_status;
 using Clock = std::chrono::steady_clock;
@@ -283,7 +284,7 @@ void expect_refused(Probe& probe, const std::string& what, const std::function<v
 void populate(const std::string& dir, int n) {
   dogpile::Region region = open_region(dir);
   for (int i = 0; i < n; ++i) {
-    region.set<std::string>("k" + std::to_string(i), "value " + std::to_string(i));
+    region.set<std::string>(str_cat("k", i), str_cat("value ", i));
   }
   region.get_or_create<std::string>("locked", [] { return std::string("x"); });
 }
@@ -347,7 +348,7 @@ TEST_CASE("a read-only copy of a cache serves reads and refuses writes with Read
       dogpile::Region region = open_region(copy);
       int good = 0;
       for (int i = 0; i < kEntries; ++i) {
-        good += region.get<std::string>("k" + std::to_string(i), {.ignore_expiration = true}) ==
+        good += region.get<std::string>(str_cat("k", i), {.ignore_expiration = true}) ==
                 std::optional<std::string>("value " + std::to_string(i));
       }
       probe.check(good == kEntries, "reads: " + std::to_string(good) + " of " +

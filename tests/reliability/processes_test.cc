@@ -222,7 +222,7 @@ TEST_CASE("a fork()ed child uses the cache while the parent's reader thread and 
   const std::string cache = dir / "cache";
   Region region({.name = "procs"}, "lmdb", {{"path", cache}});
   for (int i = 0; i < kKeys; ++i) {
-    region.set<std::string>("k" + std::to_string(i), "parent-" + std::to_string(i));
+    region.set<std::string>(str_cat("k", i), str_cat("parent-", i));
   }
 
   // An open snapshot of the parent's, through the engine's internals.
@@ -253,7 +253,7 @@ TEST_CASE("a fork()ed child uses the cache while the parent's reader thread and 
     std::mt19937_64 rng(reliability_seed());
     while (!stop_reading.load()) {
       const int i = static_cast<int>(rng() % kKeys);
-      const std::optional<std::string> v = region.get<std::string>("k" + std::to_string(i));
+      const std::optional<std::string> v = region.get<std::string>(str_cat("k", i));
       reads.fetch_add(1);
       if (child_done.load()) reads_after_child.fetch_add(1);
       if (!v) {
@@ -294,7 +294,7 @@ TEST_CASE("a fork()ed child uses the cache while the parent's reader thread and 
         if (v != "made-by-child-" + std::to_string(j)) rc = 12;
       }
       for (int i = 0; i < kKeys && rc == 0; ++i) {
-        if (region.get<std::string>("k" + std::to_string(i)) != "child-" + std::to_string(i)) {
+        if (region.get<std::string>(str_cat("k", i)) != str_cat("child-", i)) {
           rc = 13;
         }
       }

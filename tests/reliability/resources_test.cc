@@ -50,6 +50,7 @@ using dogpile::test::figure;
 using dogpile::test::read_to_end;
 using dogpile::test::reliability_seed;
 using dogpile::test::scaled;
+using dogpile::test::str_cat;
 using dogpile::test::TempDir;
 using dogpile::test::wait_status;
 using Clock = std::chrono::steady_clock;
@@ -379,7 +380,7 @@ TEST_CASE("at max_size a write fails with CacheFull only when eviction cannot he
   const auto check_reads = [&](dogpile::Region& region, std::set<std::uint64_t>* present) {
     std::uint64_t bad = 0;
     for (std::uint64_t i = 0; i < next; ++i) {
-      const std::optional<std::string> v = region.get<std::string>("k" + std::to_string(i));
+      const std::optional<std::string> v = region.get<std::string>(str_cat("k", i));
       if (!v) continue;
       if (*v != value_of(i, kValue)) ++bad;
       if (present != nullptr) present->insert(i);
@@ -507,7 +508,7 @@ TEST_CASE("at max_size a write fails with CacheFull only when eviction cannot he
     dogpile::Region region = open_region(dir.path(), "2MiB", "nosync", &log);
     for (int i = 0; i < 200; ++i, ++next) {
       try {
-        region.set<std::string>("k" + std::to_string(next), value_of(next, kValue));
+        region.set<std::string>(str_cat("k", next), value_of(next, kValue));
       } catch (const dogpile::Error& e) {
         ++failures_after;
         UNSCOPED_INFO(e.what());
