@@ -22,6 +22,7 @@
 #include "dogpile/cache_dir.h"
 #include "dogpile/error.h"
 #include "dogpile/region.h"
+#include "time_math.h"
 #include "unique_fd.h"
 
 extern char** environ;
@@ -161,10 +162,19 @@ Duration lifetime_or_forever(const std::optional<Duration>& lifetime) {
   return lifetime ? *lifetime : Duration::max();
 }
 
-// ttl + stale: how long a result is any use at all.
+// ttl + stale: how long a result is any use at all (as long as there is,
+// when the sum is longer).
 std::optional<Duration> usable_for(const ExecOptions& options) {
   if (!options.ttl) return std::nullopt;
-  return *options.ttl + options.stale.value_or(Duration::zero());
+  return internal::saturating_add(*options.ttl, options.stale.value_or(Duration::zero()));
+}
+
+// now - then, clamped: `then` comes from stored bytes.
+Duration age(WallTime now, WallTime then) {
+  const auto ns = [](WallTime t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+  };
+  return Duration(internal::saturating_sub(ns(now), ns(then)));
 }
 
 void check_options(const CommandSpec& spec, const ExecOptions& options) {
@@ -357,10 +367,12 @@ class CommandCache::Impl {
     const Duration read_expiration =
         options.force ? Duration::zero() : lifetime_or_forever(usable_for(options));
     bool ran = false;
+    std::optional<WallTime> started;
     try {
       outcome.result = region_.get_or_create<CommandResult>(
           outcome.key,
           [&] {
+            started = clock_->now();
             CommandResult result = run_for_creator(spec.argv);
             ran = true;
             outcome.created_at = clock_->now();
@@ -372,7 +384,15 @@ class CommandCache::Impl {
       return outcome;
     }
     outcome.cached = !ran;
-    if (ran) return outcome;
+    if (ran) {
+      // The stored entry's own time when it is this run's (a replay then
+      // reports the same created_at); the run's end when it was not stored.
+      if (const std::optional<Metadata> meta = region_.get_value_metadata(outcome.key);
+          meta && meta->created_at >= *started) {
+        outcome.created_at = meta->created_at;
+      }
+      return outcome;
+    }
 
     // The header of the entry get_or_create just read, or of a newer one
     // stored since: never older than the result, so a refresh is never
@@ -380,7 +400,8 @@ class CommandCache::Impl {
     if (const std::optional<Metadata> meta = region_.get_value_metadata(outcome.key)) {
       outcome.created_at = meta->created_at;
     }
-    if (options.ttl && outcome.created_at && clock_->now() - *outcome.created_at >= *options.ttl) {
+    if (options.ttl && outcome.created_at &&
+        age(clock_->now(), *outcome.created_at) >= *options.ttl) {
       outcome.stale = true;
       // Someone holding the lock is already making a new result. A refresh
       // that cannot start (no fork) is left to the next caller: the stale

@@ -4,6 +4,9 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <optional>
+
+#include "time_math.h"
 
 namespace dogpile {
 namespace {
@@ -62,11 +65,9 @@ Status parse_duration(std::string_view text, Duration& out) {
                                     {"min", 60e9},   {"h", 3600e9},  {"d", 86400e9}};
   for (const Unit& u : kUnits) {
     if (unit == u.name) {
-      const double ns = number * u.ns;
-      if (ns > static_cast<double>(std::numeric_limits<Duration::rep>::max())) {
-        return bad_value("duration", text, "a duration below 292 years");
-      }
-      out = Duration(static_cast<Duration::rep>(std::llround(ns)));
+      const std::optional<std::chrono::nanoseconds> ns = internal::nanoseconds_of(number, u.ns);
+      if (!ns) return bad_value("duration", text, "a duration below 292 years");
+      out = *ns;
       return Status::ok();
     }
   }

@@ -1,4 +1,5 @@
 #include "file_lock.h"
+#include "time_math.h"
 #include "unique_fd.h"
 
 #include <fcntl.h>
@@ -295,13 +296,10 @@ class OfdMutex final : public CreationMutex {
 
   Status lock(Timeout timeout) override {
     if (!timeout) return acquire(Mode::kWait, {});
-    const auto now = std::chrono::steady_clock::now();
-    const auto wait = std::max(*timeout, std::chrono::steady_clock::duration::zero());
     // A timeout past the clock's range is no timeout.
-    if (wait >= std::chrono::steady_clock::time_point::max() - now) {
-      return acquire(Mode::kWait, {});
-    }
-    return acquire(Mode::kPoll, now + wait);
+    const auto deadline = steady_deadline(*timeout);
+    if (deadline == std::chrono::steady_clock::time_point::max()) return acquire(Mode::kWait, {});
+    return acquire(Mode::kPoll, deadline);
   }
 
   void unlock() noexcept override { held_.release(); }

@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "time_math.h"
+
 namespace dogpile::internal {
 
 class KeyedMutex final : public CreationMutex {
@@ -43,8 +45,9 @@ std::unique_ptr<CreationMutex> KeyedMutexTable::mutex(std::string key) {
 Status KeyedMutexTable::acquire(const std::string& key, bool wait,
                                 CreationMutex::Timeout timeout) {
   const auto me = std::this_thread::get_id();
-  const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout
-                                : std::chrono::steady_clock::time_point::max();
+  // No timeout, or one past the clock's range, waits without a deadline.
+  const auto deadline =
+      timeout ? steady_deadline(*timeout) : std::chrono::steady_clock::time_point::max();
   std::unique_lock lock(mu_);
   for (;;) {
     const auto it = holders_.find(key);
@@ -57,7 +60,7 @@ Status KeyedMutexTable::acquire(const std::string& key, bool wait,
                            "creation lock requested by the thread that holds it");
     }
     if (!wait) return Status::error(StatusCode::kBusy, "creation lock held");
-    if (timeout) {
+    if (deadline != std::chrono::steady_clock::time_point::max()) {
       if (released_.wait_until(lock, deadline) == std::cv_status::timeout &&
           holders_.contains(key)) {
         return Status::error(StatusCode::kTimedOut, "creation lock wait timed out");

@@ -14,6 +14,7 @@
 
 #include "backends/lmdb_env.h"
 #include "keyed_mutex.h"
+#include "time_math.h"
 
 namespace dogpile {
 namespace internal {
@@ -64,25 +65,15 @@ std::int64_t steady_ns() noexcept {
 
 // Steady-clock time (ns) `interval` from now, saturating for huge intervals.
 std::int64_t publish_deadline(Duration interval) noexcept {
-  const std::int64_t now = steady_ns();
-  const std::int64_t wait = std::chrono::duration_cast<std::chrono::nanoseconds>(interval).count();
-  return wait > std::numeric_limits<std::int64_t>::max() - now
-             ? std::numeric_limits<std::int64_t>::max()
-             : now + wait;
+  return internal::saturating_add(steady_ns(), interval.count());
 }
 
 std::int64_t to_ns(WallTime t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-// a - b for times that come from stored bytes, which can hold any value:
-// clamped to the int64 range where the difference would overflow.
-std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
-  std::int64_t difference = 0;
-  if (!__builtin_sub_overflow(a, b, &difference)) return difference;
-  return b < 0 ? std::numeric_limits<std::int64_t>::max()
-               : std::numeric_limits<std::int64_t>::min();
-}
+// Stored times can hold any value: they are compared with saturating_sub.
+using internal::saturating_sub;
 
 WallTime from_ns(std::int64_t ns) {
   return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
@@ -98,6 +89,11 @@ RegionOptions with_defaults(RegionOptions options) {
   if (!options.logger) options.logger = log_to_stderr;
   if (options.name.empty()) {
     throw ConfigError(Status::error(StatusCode::kInvalidArgument, "region name is empty"));
+  }
+  if (options.nested_lock_timeout < Duration::zero()) {
+    throw ConfigError(Status::error(
+        StatusCode::kInvalidArgument,
+        "region '" + options.name + "': nested_lock_timeout is negative"));
   }
   if (options.stats_interval < Duration::zero()) {
     throw ConfigError(Status::error(StatusCode::kInvalidArgument,
@@ -194,6 +190,7 @@ void Region::configure_from_config(const ConfigMap& config, std::string_view pre
   const std::optional<std::string> backend_name = reader.string("backend");
   o.expiration_time = optional_duration(reader, "expiration_time", o.expiration_time, own);
   o.lock_timeout = optional_duration(reader, "lock_timeout", o.lock_timeout, own);
+  if (auto d = reader.duration("nested_lock_timeout")) o.nested_lock_timeout = *d;
   if (auto policy = reader.string("on_lock_timeout")) {
     if (*policy == "raise") {
       o.on_lock_timeout = LockTimeoutPolicy::kRaise;
@@ -294,12 +291,7 @@ EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl) const {
   if (ttl) {
     // A ttl too long to add never expires: the latest time there is (the
     // earliest for a negative one, already expired).
-    std::int64_t expires_at = 0;
-    if (__builtin_add_overflow(meta.created_at_ns, ttl->count(), &expires_at)) {
-      expires_at = ttl->count() < 0 ? std::numeric_limits<std::int64_t>::min()
-                                    : std::numeric_limits<std::int64_t>::max();
-    }
-    meta.expires_at_ns = expires_at;
+    meta.expires_at_ns = internal::saturating_add(meta.created_at_ns, ttl->count());
   }
   return meta;
 }
@@ -519,9 +511,35 @@ Status Region::check_encoded_size(std::string_view stored_key,
                            std::to_string(options_.max_value_size));
 }
 
+namespace {
+// The stored key of the creation this thread is running (innermost), empty
+// outside creators: a key wait inside a creator may be part of a cycle.
+thread_local std::string_view t_creating_key;
+thread_local int t_creators_running = 0;
+}  // namespace
+
+Region::CreatorScope::CreatorScope(std::string_view stored_key) noexcept
+    : outer_(t_creating_key) {
+  t_creating_key = stored_key;
+  ++t_creators_running;
+}
+
+Region::CreatorScope::~CreatorScope() {
+  t_creating_key = outer_;
+  --t_creators_running;
+}
+
+CreationMutex::Timeout Region::key_wait_timeout() const {
+  if (t_creators_running == 0) return options_.lock_timeout;
+  if (!options_.lock_timeout || options_.nested_lock_timeout < *options_.lock_timeout) {
+    return options_.nested_lock_timeout;
+  }
+  return options_.lock_timeout;
+}
+
 Status Region::wait_for_lock(CreationMutex& mutex) {
   const auto started = std::chrono::steady_clock::now();
-  Status s = mutex.lock(options_.lock_timeout);
+  Status s = mutex.lock(key_wait_timeout());
   counters_.lock_waits.fetch_add(1, std::memory_order_relaxed);
   counters_.lock_wait_ns.fetch_add(
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -544,31 +562,46 @@ void Region::SlotRelease::operator()(CreationMutex* slot) const noexcept {
   --t_slots_held;
 }
 
-Region::CreationSlot Region::acquire_creation_slot(std::string_view stored_key) {
-  const std::uint32_t n = options_.max_concurrent_creations;
-  if (n == 0 || t_slots_held > 0) return CreationSlot();
-  // Slot locks live beside the key locks; the NUL keeps them apart from any
-  // key a caller could mangle to by accident.
-  const auto slot_mutex = [&](std::uint32_t i) {
-    return creation_mutex(std::string(kSlotKeyPrefix) + std::to_string(i));
-  };
-  const auto take = [&](std::unique_ptr<CreationMutex> m) {
-    ++t_slots_held;
-    return CreationSlot(m.release());
-  };
-  // Any free slot first; when all are busy, queue on one chosen by the key
-  // (the seed's "modulus of the key's hash"), so waiters spread over slots.
-  for (std::uint32_t i = 0; i < n; ++i) {
-    auto m = slot_mutex(i);
-    if (m->try_lock().is_ok()) return take(std::move(m));
+bool Region::needs_creation_slot() const noexcept {
+  return options_.max_concurrent_creations > 0 && t_slots_held == 0;
+}
+
+namespace {
+// Slot locks live beside the key locks; the NUL keeps them apart from any
+// key a caller could mangle to by accident.
+std::string slot_key(std::uint32_t i) { return std::string(kSlotKeyPrefix) + std::to_string(i); }
+}  // namespace
+
+Region::CreationSlot Region::try_creation_slot() {
+  for (std::uint32_t i = 0; i < options_.max_concurrent_creations; ++i) {
+    std::unique_ptr<CreationMutex> m = creation_mutex(slot_key(i));
+    if (m->try_lock().is_ok()) {
+      ++t_slots_held;
+      return CreationSlot(m.release());
+    }
   }
-  auto m = slot_mutex(static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) % n));
-  const Status s = wait_for_lock(*m);
-  if (s.is_ok()) return take(std::move(m));
-  // The throttle is never exceeded: a slot that cannot be had is an error.
-  if (s.code() == StatusCode::kTimedOut) throw_lock_timeout(stored_key);
-  throw_if_error(s);
   return CreationSlot();
+}
+
+Status Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot) {
+  // All busy: queue on one slot chosen by the key (the seed's "modulus of
+  // the key's hash"), so waiters spread over the slots.
+  const auto i = static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) %
+                                            options_.max_concurrent_creations);
+  std::unique_ptr<CreationMutex> m = creation_mutex(slot_key(i));
+  const auto started = std::chrono::steady_clock::now();
+  Status s = m->lock(options_.lock_timeout);
+  counters_.lock_waits.fetch_add(1, std::memory_order_relaxed);
+  counters_.lock_wait_ns.fetch_add(
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count()),
+      std::memory_order_relaxed);
+  if (s.is_ok()) {
+    ++t_slots_held;
+    slot.reset(m.release());
+  }
+  return s;
 }
 
 bool Region::key_is_locked(std::string_view key) {
@@ -576,12 +609,54 @@ bool Region::key_is_locked(std::string_view key) {
   return creation_mutex(mangle(key, storage))->is_locked_anywhere();
 }
 
+namespace {
+std::string duration_text(Duration d) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+}  // namespace
+
 void Region::throw_lock_timeout(std::string_view stored_key) {
+  const std::string key(stored_key.substr(0, 64));
+  const bool nested_bound =
+      t_creators_running > 0 &&
+      (!options_.lock_timeout || options_.nested_lock_timeout < *options_.lock_timeout);
+  if (nested_bound) {
+    // Creators waiting for each other's keys (A's creator asks for B while
+    // B's asks for A, in threads or processes) end here, not in a hang.
+    throw LockTimeout(Status::error(
+        StatusCode::kTimedOut,
+        "region '" + options_.name + "': waited past nested_lock_timeout " +
+            duration_text(options_.nested_lock_timeout) + " for key '" + key +
+            "' while creating key '" + std::string(t_creating_key.substr(0, 64)) +
+            "' (creators waiting for each other's keys form a cycle)"));
+  }
   throw LockTimeout(Status::error(StatusCode::kTimedOut,
                                   "region '" + options_.name + "': waited past lock_timeout for "
-                                  "another caller creating key '" +
-                                      std::string(stored_key.substr(0, 64)) + "'"));
+                                  "another caller creating key '" + key + "'"));
 }
+
+void Region::throw_slot_timeout(std::string_view stored_key) {
+  throw LockTimeout(Status::error(
+      StatusCode::kTimedOut,
+      "region '" + options_.name + "': waited past lock_timeout for one of the " +
+          std::to_string(options_.max_concurrent_creations) +
+          " creation slots (max_concurrent_creations) to create key '" +
+          std::string(stored_key.substr(0, 64)) + "'"));
+}
+
+namespace internal {
+std::string current_exception_text() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
+}
+}  // namespace internal
 
 namespace {
 

@@ -31,6 +31,34 @@ TEST_CASE("durations parse with units", "[config]") {
   }
 }
 
+TEST_CASE("durations at the edge of the range never wrap", "[config][time]") {
+  Duration d{};
+  REQUIRE(parse_duration("0", d));
+  CHECK(d == 0ns);
+  REQUIRE(parse_duration("1ns", d));
+  CHECK(d == 1ns);
+  // 2^63 - 1 ns is not a double; the largest double below 2^63 is 2^63 - 1024.
+  REQUIRE(parse_duration("9223372036854774784ns", d));
+  CHECK(d.count() == 9223372036854774784);
+  REQUIRE(parse_duration("106751d", d));  // 292 years less a little
+  CHECK(d == std::chrono::hours(24) * 106751);
+  // These round to 2^63 ns or more: refused, never a negative duration.
+  for (const char* big : {"9223372036854775807ns", "9223372036854775808ns", "106752d",
+                          "9223372036.854775808s", "99999999999999999999999999d",
+                          "1e400d"}) {
+    INFO(big);
+    const Status s = parse_duration(big, d);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    CHECK(s.message().find(big) != std::string::npos);
+  }
+  const std::string huge(100000, '9');
+  CHECK(parse_duration(huge + "s", d).code() == StatusCode::kInvalidArgument);
+  for (const char* negative : {"-1ns", "-0.5s", "-9223372036854775808ns"}) {
+    INFO(negative);
+    CHECK(parse_duration(negative, d).code() == StatusCode::kInvalidArgument);
+  }
+}
+
 TEST_CASE("sizes parse with decimal and binary units", "[config]") {
   std::uint64_t n = 0;
   REQUIRE(parse_size("4096", n));

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <latch>
@@ -821,6 +822,28 @@ TEST_CASE("key: strings of every spelling are one key; a null const char* is ref
   CHECK(key_of(std::string_view("abc")) == key_of(std::string("abc")));
   CHECK(key_of(std::monostate()) == key_of(std::nullopt));
   CHECK_THROWS_AS(key_of(static_cast<const char*>(nullptr)), Error);
+}
+
+TEST_CASE("key: a std::filesystem::path keys as its string and terminates", "[memoize][key]") {
+  // A path is a range whose elements are paths: keyed as a range it recursed
+  // until the stack ran out.
+  CHECK(key_of(std::filesystem::path("a/b")) == "f||s3:a/b");
+  CHECK(key_of(std::filesystem::path("a/b")) != key_of(std::filesystem::path("a/c")));
+  CHECK(key_of(std::filesystem::path()) == "f||s0:");
+  CHECK(memoize_key("f", "", std::vector<std::filesystem::path>{"x", "y/z"}) ==
+        "f||l10:s1:xs3:y/z");
+  TempDir dir;
+  Region region({.name = "paths"}, "memory");
+  int calls = 0;
+  auto size_of = memoize(region, "size_of", [&calls](const std::filesystem::path& p) {
+    ++calls;
+    return static_cast<std::int64_t>(p.native().size());
+  });
+  CHECK(size_of(std::filesystem::path(dir.path()) / "file") ==
+        static_cast<std::int64_t>(dir.path().size() + 5));
+  CHECK(size_of(std::filesystem::path(dir.path()) / "file") ==
+        static_cast<std::int64_t>(dir.path().size() + 5));
+  CHECK(calls == 1);
 }
 
 TEST_CASE("key: a fixed key for fixed arguments, in every run and build", "[memoize][key]") {

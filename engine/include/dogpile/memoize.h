@@ -37,7 +37,7 @@
 //        shortest text that reads back as that double (std::to_chars)
 //     F  a long double that no double holds: its shortest round-trip text
 //     s  std::string, std::string_view, const char*, char arrays (up to the
-//        first NUL): the bytes
+//        first NUL), std::filesystem::path (its native string): the bytes
 //     o  an engaged optional: the token of its value
 //     v  a variant: the token of its index (i), then that of its value
 //     l  a range (vector, array, span, set, map, ...): its elements' tokens
@@ -65,9 +65,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <ranges>
 #include <span>
@@ -349,7 +351,13 @@ void append_key(std::string& out, const T& value) {
     static_assert(kAlwaysFalse<T>,
                   "dogpile::append_key: unordered containers have no key (equal ones may "
                   "iterate in different orders); pass a sorted container");
+  } else if constexpr (std::is_same_v<T, std::filesystem::path>) {
+    // A path is a range of paths; keyed as a range it would never end.
+    append_token(out, 's', value.native());
   } else if constexpr (std::ranges::input_range<const T>) {
+    static_assert(!std::is_same_v<std::remove_cvref_t<std::ranges::range_value_t<const T>>, T>,
+                  "dogpile::append_key: a range whose elements are the range's own type has no "
+                  "key (its elements would be keyed for ever); give the type a key encoding");
     std::string payload;
     for (const auto& element : value) append_key(payload, element);
     append_token(out, 'l', payload);
@@ -488,14 +496,20 @@ class Memoized<R(Args...), Fn> : public memoize_detail::MemoizeBase<R, Args...> 
 
   Memoized(Region& region, std::string name, Fn fn, options_type options = {})
       : memoize_detail::MemoizeBase<R, Args...>(region, std::move(name), std::move(options)),
-        fn_(std::move(fn)) {}
+        fn_(std::make_shared<const Fn>(std::move(fn))) {}
 
   // The cached result for these arguments, computed under the dogpile lock
   // when missing or stale (Region::get_or_create).
   R operator()(const Args&... args) const {
     CreateOptions<R> scratch;
+    // The creator owns the function and a copy of the arguments: with an
+    // AsyncRunner it may run after this call has returned (and after this
+    // wrapper is gone), when the caller's arguments no longer exist.
     return this->region_->template get_or_create<R>(
-        this->make_key(args...), [&]() -> R { return std::invoke(fn_, args...); },
+        this->make_key(args...),
+        [fn = fn_, owned = std::tuple<Args...>(args...)]() -> R {
+          return std::apply(*fn, owned);
+        },
         this->create_options(scratch));
   }
 
@@ -515,7 +529,7 @@ class Memoized<R(Args...), Fn> : public memoize_detail::MemoizeBase<R, Args...> 
   // Computes the result now, stores it whatever should_cache says and
   // returns it.
   R refresh(const Args&... args) const {
-    R value = std::invoke(fn_, args...);
+    R value = std::invoke(*fn_, args...);
     set(value, args...);
     return value;
   }
@@ -524,10 +538,11 @@ class Memoized<R(Args...), Fn> : public memoize_detail::MemoizeBase<R, Args...> 
   std::string key(const Args&... args) const { return this->make_key(args...); }
 
   // The wrapped function.
-  const Fn& original() const noexcept { return fn_; }
+  const Fn& original() const noexcept { return *fn_; }
 
  private:
-  Fn fn_;
+  // Shared with the creators of pending background regenerations.
+  std::shared_ptr<const Fn> fn_;
 };
 
 template <class Sig, class Fn>

@@ -45,9 +45,18 @@ struct RegionOptions {
   // means entries never expire.
   // Default: none (expiration_time applies).
   std::function<std::optional<Duration>()> expiration_time_fn;
-  // Longest wait for another caller's creation lock; nullopt waits forever.
+  // Longest wait for another caller's creation lock (or, with
+  // max_concurrent_creations, for a creation slot); nullopt waits forever.
   // Default: nullopt.
   std::optional<Duration> lock_timeout;
+  // Longest wait for a key's creation lock by a caller that is itself
+  // inside a creator (a nested get_or_create), when shorter than
+  // lock_timeout. Such waits are the only ones that can form a cycle (A's
+  // creator asks for B while B's asks for A, in threads or processes): this
+  // bound ends one with LockTimeout (or, per on_lock_timeout, an unlocked
+  // creation) instead of a hang. Waits outside creators are not affected.
+  // Default: 30 s.
+  Duration nested_lock_timeout = std::chrono::seconds(30);
   // Default: LockTimeoutPolicy::kRaise.
   LockTimeoutPolicy on_lock_timeout = LockTimeoutPolicy::kRaise;
   // A caller finding a stale value waits for the caller regenerating it and

@@ -25,6 +25,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <map>
 #include <mutex>
@@ -52,6 +53,14 @@ namespace internal {
 class InPlaceReader;
 class KeyedMutexTable;
 class LogLimiter;
+
+// The what() of the exception being handled, for a log line.
+std::string current_exception_text();
+
+template <class T>
+inline constexpr bool kIsReferenceWrapper = false;
+template <class T>
+inline constexpr bool kIsReferenceWrapper<std::reference_wrapper<T>> = true;
 }  // namespace internal
 
 // Counters of one Region object since its construction.
@@ -92,6 +101,7 @@ class Region {
   //   cache.backend                  registry name (required)
   //   cache.expiration_time          duration ("10m", "30s") or "none"
   //   cache.lock_timeout             duration or "none"
+  //   cache.nested_lock_timeout      duration
   //   cache.on_lock_timeout          "raise" | "create_unlocked"
   //   cache.codec                    "binary" | "portable_binary" | "json" | "raw"
   //   cache.max_value_size           size ("64MiB")
@@ -145,7 +155,10 @@ class Region {
   // returns its result. Creator exceptions reach the caller with the lock
   // released. Throws LockTimeout (per on_lock_timeout) and ReentrantCreation
   // (a creator asking for its own key). A failed store is logged and counted;
-  // the creator's value is still returned.
+  // the creator's value is still returned. With options().async_runner a copy
+  // of `creator` may run on a runner thread after this call has returned, so
+  // it must own what it uses (capture by value, never the caller's locals by
+  // reference); a std::reference_wrapper is refused at compile time.
   template <RegisteredType T, class Creator>
   T get_or_create(std::string_view key, Creator&& creator, const CreateOptions<T>& call = {});
 
@@ -238,17 +251,31 @@ class Region {
   Status store(std::string_view stored_key, const std::string& envelope);
   void report(LogLevel level, std::string_view stored_key, const std::string& message);
   std::unique_ptr<CreationMutex> creation_mutex(std::string_view stored_key);
-  // A blocking acquisition, counted and timed for the statistics.
+  // A blocking acquisition of a key's lock, counted and timed for the
+  // statistics, bounded by key_wait_timeout().
   Status wait_for_lock(CreationMutex& mutex);
+  // lock_timeout, or nested_lock_timeout when shorter and this thread is
+  // inside a creator (a wait that can be part of a cycle).
+  CreationMutex::Timeout key_wait_timeout() const;
 
-  // One of max_concurrent_creations slots, held while a creator runs; empty
-  // when there is no limit or this thread's creation is nested in another.
+  // One of max_concurrent_creations slots, held while a creator runs.
+  // Lock order (docs/design.md): a caller never blocks on a slot while it
+  // holds a key's lock; it lets the key go, waits for the slot, then takes
+  // the key again.
   struct SlotRelease {
     void operator()(CreationMutex* slot) const noexcept;
   };
   using CreationSlot = std::unique_ptr<CreationMutex, SlotRelease>;
-  CreationSlot acquire_creation_slot(std::string_view stored_key);
+  // Whether a creation on this thread needs a slot: there is a limit and
+  // the creation is not nested in another (which runs in the outer's slot).
+  bool needs_creation_slot() const noexcept;
+  // A free slot at once, or empty; never blocks.
+  CreationSlot try_creation_slot();
+  // Waits (up to lock_timeout) for a slot; OK with `slot` held, kTimedOut,
+  // or the lock's error.
+  Status wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot);
   [[noreturn]] void throw_lock_timeout(std::string_view stored_key);
+  [[noreturn]] void throw_slot_timeout(std::string_view stored_key);
 
   // Decodes and checks fetched bytes into `entry` (read_entry's second half).
   void classify(std::string_view stored_key, std::optional<std::string> bytes,
@@ -307,12 +334,34 @@ class Region {
   void job_started();
   void job_finished() noexcept;
 
-  // Runs the creator (within a creation slot) and stores its result; the
-  // caller holds the key's lock (or chose not to). `stale` is served instead
-  // of a creator exception when serve_stale_on_error is set.
+  // Runs the creator (within a creation slot) and stores its result. The
+  // caller holds `key_lock` (nullptr: it chose to create unlocked); when no
+  // slot is free the lock is let go while waiting for one and taken again
+  // (then the key is read again). `stale` is served instead of a creator
+  // exception when serve_stale_on_error is set, and when a slot or the key
+  // cannot be had in time.
   template <class T, class Creator>
   T create_and_store(std::string_view stored_key, Creator& creator, const CreateOptions<T>& call,
-                     const std::optional<T>& stale);
+                     std::optional<T> stale, CreationMutex* key_lock);
+  // Holds a slot (or learns none is needed) for a creation whose key lock,
+  // when not null, is held; see create_and_store. Returns a value to hand
+  // the caller instead of creating (a fresh value made meanwhile, or `stale`
+  // when the wait ran out), or nullopt to go on and create.
+  template <class T>
+  std::optional<T> enter_creation(std::string_view stored_key, const CreateOptions<T>& call,
+                                  std::optional<T>& stale, CreationMutex* key_lock,
+                                  CreationSlot& slot);
+  // Marks this thread as running a creator for `stored_key` while alive.
+  class CreatorScope {
+   public:
+    explicit CreatorScope(std::string_view stored_key) noexcept;
+    ~CreatorScope();
+    CreatorScope(const CreatorScope&) = delete;
+    CreatorScope& operator=(const CreatorScope&) = delete;
+
+   private:
+    std::string_view outer_;
+  };
 
   RegionOptions options_;
   std::shared_ptr<Backend> backend_;
@@ -496,20 +545,68 @@ void Region::set(std::string_view key, const T& value, const SetOptions& options
   throw_if_error(store(stored_key, envelope));
 }
 
+template <class T>
+std::optional<T> Region::enter_creation(std::string_view stored_key, const CreateOptions<T>& call,
+                                        std::optional<T>& stale, CreationMutex* key_lock,
+                                        CreationSlot& slot) {
+  if (!needs_creation_slot()) return std::nullopt;
+  slot = try_creation_slot();
+  if (slot) return std::nullopt;
+  // Slot before key: let the key go while waiting, so a creator holding a
+  // slot and waiting for this key (a nested creation) can finish.
+  if (key_lock != nullptr) key_lock->unlock();
+  const Status waited = wait_for_creation_slot(stored_key, slot);
+  if (waited.code() == StatusCode::kTimedOut) {
+    counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+    if (stale) {
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return std::move(stale);  // the throttle is full: a stale value beats waiting longer
+    }
+    if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_slot_timeout(stored_key);
+  } else if (!waited) {
+    counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+    report(LogLevel::kWarning, stored_key,
+           "creation slot lock failed, creating without a slot: " + waited.to_string());
+  }
+  if (key_lock == nullptr) return std::nullopt;
+  const Status relocked = wait_for_lock(*key_lock);
+  if (relocked.is_ok() || relocked.code() == StatusCode::kTimedOut) {
+    // Whoever held the key meanwhile has likely stored it (rule 1).
+    std::optional<T> again;
+    const State now = lookup<T>(stored_key, call.read_options(), again);
+    if (now == State::kFresh) {
+      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+      return again;
+    }
+    if (now == State::kStale) stale = std::move(again);
+  }
+  if (relocked.code() == StatusCode::kTimedOut) {
+    counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+    if (stale) {
+      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      return std::move(stale);
+    }
+    if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_lock_timeout(stored_key);
+  } else if (!relocked) {
+    counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+    report(LogLevel::kWarning, stored_key,
+           "creation lock failed, creating unlocked: " + relocked.to_string());
+  }
+  return std::nullopt;
+}
+
 template <class T, class Creator>
 T Region::create_and_store(std::string_view stored_key, Creator& creator,
-                           const CreateOptions<T>& call, const std::optional<T>& stale) {
+                           const CreateOptions<T>& call, std::optional<T> stale,
+                           CreationMutex* key_lock) {
   std::optional<T> created;
   {
     CreationSlot slot;
-    try {
-      slot = acquire_creation_slot(stored_key);
-    } catch (const LockTimeout&) {
-      if (!stale) throw;
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
-      return *stale;  // the throttle is full: a stale value beats waiting longer
+    if (std::optional<T> instead = enter_creation<T>(stored_key, call, stale, key_lock, slot)) {
+      return std::move(*instead);
     }
     try {
+      const CreatorScope in_creator(stored_key);
       created.emplace(creator());
     } catch (const std::exception& e) {
       counters_.creation_failures.fetch_add(1, std::memory_order_relaxed);
@@ -620,7 +717,8 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
     report(LogLevel::kWarning, stored_key,
            "creation lock failed, creating unlocked: " + locked.to_string());
   }
-  return create_and_store<T>(stored_key, creator, options, stale);
+  return create_and_store<T>(stored_key, creator, options, std::move(stale),
+                            locked.is_ok() ? mutex.get() : nullptr);
 }
 
 template <RegisteredType T>
@@ -685,6 +783,26 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     slot.state = states[i];
   }
 
+  // Lock order (docs/design.md): the creation slot first, then the keys in
+  // their global order. The slot is taken before any key wait, since this
+  // call will create whatever is still missing once it holds the keys.
+  CreationSlot creation_slot;
+  bool slot_timed_out = false;  // a slot was needed, not had, and raise is the policy
+  if (!slots.empty() && needs_creation_slot()) {
+    creation_slot = try_creation_slot();
+    if (!creation_slot) {
+      const Status waited = wait_for_creation_slot(slots.begin()->first, creation_slot);
+      if (waited.code() == StatusCode::kTimedOut) {
+        counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+        slot_timed_out = options_.on_lock_timeout == LockTimeoutPolicy::kRaise;
+      } else if (!waited) {
+        counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+        report(LogLevel::kWarning, slots.begin()->first,
+               "creation slot lock failed, creating without a slot: " + waited.to_string());
+      }
+    }
+  }
+
   for (auto& [stored_key, slot] : slots) {
     const std::string key(stored_key);
     slot.mutex = creation_mutex(key);
@@ -702,7 +820,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
       continue;
     }
     counters_.misses.fetch_add(slot.indices.size(), std::memory_order_relaxed);
-    const Status locked = slot.mutex->lock(options_.lock_timeout);
+    const Status locked = wait_for_lock(*slot.mutex);
     if (locked.is_ok()) continue;
     if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
     if (locked.code() == StatusCode::kTimedOut) {
@@ -734,6 +852,8 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
       slot.done = true;
     } else if (slot.timed_out && options_.on_lock_timeout == LockTimeoutPolicy::kRaise) {
       throw_lock_timeout(reread_keys[j]);
+    } else if (reread_states[j] == State::kStale) {
+      for (std::size_t i : slot.indices) values[i] = reread[j];  // the newest stale value
     }
   }
 
@@ -746,8 +866,40 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     to_create.push_back(keys[i]);
     created_slots.push_back(&it->second);
   }
+  // Without the slot it waited for, the call serves stale values where it
+  // has them and fails for the rest, as a timed-out key wait does.
+  if (slot_timed_out && !to_create.empty()) {
+    for (const Slot* slot : created_slots) {
+      if (!values[slot->indices.front()]) throw_slot_timeout(stored[slot->indices.front()]);
+    }
+    for (const Slot* slot : created_slots) {
+      counters_.stale_served.fetch_add(slot->indices.size(), std::memory_order_relaxed);
+    }
+    to_create.clear();
+  }
+  std::vector<T> created;
   if (!to_create.empty()) {
-    std::vector<T> created = creator(std::span<const std::string>(to_create));
+    try {
+      const CreatorScope in_creator(stored[created_slots.front()->indices.front()]);
+      created = creator(std::span<const std::string>(to_create));
+    } catch (...) {
+      counters_.creation_failures.fetch_add(1, std::memory_order_relaxed);
+      // serve_stale_on_error: only when every key to create has a stale
+      // value to stand in for it; a partial answer is no answer.
+      bool all_stale = options_.serve_stale_on_error;
+      for (const Slot* slot : created_slots) all_stale = all_stale && values[slot->indices.front()];
+      if (!all_stale) throw;
+      report(LogLevel::kWarning, stored[created_slots.front()->indices.front()],
+             "get_or_create_multi: creator failed for " + std::to_string(to_create.size()) +
+                 " keys, serving their stale values: " + internal::current_exception_text());
+      for (const Slot* slot : created_slots) {
+        counters_.stale_served.fetch_add(slot->indices.size(), std::memory_order_relaxed);
+      }
+      created_slots.clear();
+      to_create.clear();
+    }
+  }
+  if (!to_create.empty()) {
     if (created.size() != to_create.size()) {
       throw Error(Status::error(StatusCode::kInvalidArgument,
                                 "get_or_create_multi: the creator returned " +
@@ -781,6 +933,14 @@ template <class T, class Creator>
 void Region::regenerate_async(std::string_view stored_key, Creator&& creator,
                               const CreateOptions<T>& options,
                               std::unique_ptr<CreationMutex> mutex) {
+  // The job outlives the call: it owns a copy of the creator, never a
+  // reference to it (what the creator itself captures is its caller's duty).
+  static_assert(!internal::kIsReferenceWrapper<std::decay_t<Creator>>,
+                "get_or_create: with an async_runner the creator runs after the call returns; "
+                "pass a callable that owns its state, not a std::reference_wrapper");
+  static_assert(std::is_constructible_v<std::decay_t<Creator>, Creator&&>,
+                "get_or_create: with an async_runner the creator is copied into the background "
+                "job; it must be copy- or move-constructible");
   struct Job {
     std::string stored_key;
     std::decay_t<Creator> creator;
@@ -798,7 +958,8 @@ void Region::regenerate_async(std::string_view stored_key, Creator&& creator,
         // Re-read under the lock (rule 1): a fresh value may have landed.
         std::optional<T> again;
         if (lookup<T>(job->stored_key, job->options.read_options(), again) != State::kFresh) {
-          create_and_store<T>(job->stored_key, job->creator, job->options, std::nullopt);
+          create_and_store<T>(job->stored_key, job->creator, job->options, std::nullopt,
+                              job->mutex.get());
         }
       } catch (const std::exception& e) {
         report(LogLevel::kError, job->stored_key,
