@@ -191,6 +191,20 @@ def test_ttl_force_warm(work):
     d = dogpile(cache, *cmd)
     check("no --ttl: any stored result is replayed", d.stdout == b"v1\n", show(d))
 
+    # The longest durations there are: ttl + stale saturates, never wraps
+    # into an expiry in the past (which would cache nothing).
+    log = os.path.join(work, "long-log")
+    cmd = counter_script(log)
+    longest = ["--ttl", "106751d", "--stale", "106751d", "--json"]
+    first = as_json(dogpile(cache, *cmd, options=longest))
+    second = as_json(dogpile(cache, *cmd, options=longest))
+    check("--ttl 106751d --stale 106751d: the result is cached",
+          (first["cached"], second["cached"], second["stale"], lines(log)) ==
+          (False, True, False, ["run0"]), repr((first, second, lines(log))))
+    too_long = dogpile(cache, *cmd, options=["--ttl", "106752d"])
+    check("--ttl past 2^63 ns is a usage error naming it",
+          too_long.returncode == 2 and b"106752d" in too_long.stderr, show(too_long))
+
     log = os.path.join(work, "force-log")
     cmd = counter_script(log)
     dogpile(cache, *cmd)
