@@ -1,4 +1,5 @@
 #include "file_lock.h"
+#include "fork_local.h"
 #include "time_math.h"
 #include "unique_fd.h"
 
@@ -31,10 +32,6 @@ constexpr std::size_t kPoolLimit = 16;
 constexpr std::chrono::steady_clock::duration kFirstBackoff = std::chrono::microseconds(50);
 constexpr std::chrono::steady_clock::duration kMaxBackoff = std::chrono::milliseconds(2);
 
-// Bumped in a forked child: descriptors opened before the fork were closed by
-// the atfork handler, and their numbers may since belong to other files.
-std::atomic<std::uint64_t> g_fork_generation{0};
-
 
 // One open file description of a lock file, used to hold at most one lock.
 // While open its number is in the process registry, so a forked child closes
@@ -62,7 +59,9 @@ class LockFd {
   static Status open_locked(const LockFile& file, LockFd& out);
 
   bool valid() const noexcept {
-    return fd_ >= 0 && generation_ == g_fork_generation.load(std::memory_order_relaxed);
+    // A descriptor of an older fork generation was closed by the atfork
+    // handler, and its number may since belong to another file.
+    return fd_ >= 0 && generation_ == fork_generation();
   }
   int get() const noexcept { return fd_; }
   // Closes and unregisters. Takes the registry mutex: never call it with the
@@ -109,9 +108,9 @@ void atfork_child() noexcept {
   Registry& r = registry();
   for (const int fd : r.lock_fds) ::close(fd);
   r.lock_fds.clear();
-  // Before clearing the pools, so their LockFds see themselves as stale
-  // and do not touch the mutex or the closed numbers.
-  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+  // fork_generation() moved already (its handler runs first), so the pools'
+  // LockFds see themselves as stale and touch neither the mutex nor the
+  // closed numbers.
   for (auto& entry : r.pools) entry.second.clear();
   r.held.clear();
   r.mu.unlock();
@@ -121,6 +120,9 @@ void register_atfork_once() {
   static std::once_flag once;
   std::call_once(once, [] {
     registry();  // constructed before any fork needs it
+    // Registers the generation's handler first: child handlers run in the
+    // order they were registered, and atfork_child relies on the new one.
+    (void)fork_generation();
     if (const int rc = ::pthread_atfork(atfork_prepare, atfork_parent, atfork_child); rc != 0) {
       throw std::system_error(rc, std::generic_category(), "pthread_atfork");
     }
@@ -144,7 +146,7 @@ Status LockFd::open_locked(const LockFile& file, LockFd& out) {
     throw;
   }
   out.fd_ = fd;
-  out.generation_ = g_fork_generation.load(std::memory_order_relaxed);
+  out.generation_ = fork_generation();
   return Status::ok();
 }
 

@@ -14,28 +14,33 @@ class KeyedMutex final : public CreationMutex {
   Status try_lock() override { return acquire(false, std::nullopt); }
   Status lock(Timeout timeout) override { return acquire(true, timeout); }
   void unlock() noexcept override {
-    if (held_) table_.release(key_);
+    if (held()) table_.release(key_);
     held_ = false;
   }
   void hand_over() noexcept override {
-    if (held_) table_.set_holder(key_, std::thread::id());
+    if (held()) table_.set_holder(key_, std::thread::id());
   }
   void adopt() noexcept override {
-    if (held_) table_.set_holder(key_, std::this_thread::get_id());
+    if (held()) table_.set_holder(key_, std::this_thread::get_id());
   }
-  bool is_locked_anywhere() override { return held_ || table_.is_held(key_); }
+  bool is_locked_anywhere() override { return held() || table_.is_held(key_); }
 
  private:
+  // Held in this process: a lock taken before a fork() is not the child's.
+  bool held() const noexcept { return held_ && generation_ == fork_generation(); }
+
   Status acquire(bool wait, Timeout timeout) {
-    if (held_) return Status::error(StatusCode::kReentrant, "creation lock already held", key_);
+    if (held()) return Status::error(StatusCode::kReentrant, "creation lock already held", key_);
     Status s = table_.acquire(key_, wait, timeout);
     held_ = s.is_ok();
+    generation_ = fork_generation();
     return s;
   }
 
   KeyedMutexTable& table_;
   std::string key_;
   bool held_ = false;
+  std::uint64_t generation_ = 0;
 };
 
 std::unique_ptr<CreationMutex> KeyedMutexTable::mutex(std::string key) {
@@ -48,11 +53,12 @@ Status KeyedMutexTable::acquire(const std::string& key, bool wait,
   // No timeout, or one past the clock's range, waits without a deadline.
   const auto deadline =
       timeout ? steady_deadline(*timeout) : std::chrono::steady_clock::time_point::max();
-  std::unique_lock lock(mu_);
+  State& state = state_.get();
+  std::unique_lock lock(state.mu);
   for (;;) {
-    const auto it = holders_.find(key);
-    if (it == holders_.end()) {
-      holders_.emplace(key, me);
+    const auto it = state.holders.find(key);
+    if (it == state.holders.end()) {
+      state.holders.emplace(key, me);
       return Status::ok();
     }
     if (it->second == me) {
@@ -61,33 +67,36 @@ Status KeyedMutexTable::acquire(const std::string& key, bool wait,
     }
     if (!wait) return Status::error(StatusCode::kBusy, "creation lock held");
     if (deadline != std::chrono::steady_clock::time_point::max()) {
-      if (released_.wait_until(lock, deadline) == std::cv_status::timeout &&
-          holders_.contains(key)) {
+      if (state.released.wait_until(lock, deadline) == std::cv_status::timeout &&
+          state.holders.contains(key)) {
         return Status::error(StatusCode::kTimedOut, "creation lock wait timed out");
       }
     } else {
-      released_.wait(lock);
+      state.released.wait(lock);
     }
   }
 }
 
 void KeyedMutexTable::release(const std::string& key) noexcept {
+  State& state = state_.get();
   {
-    std::lock_guard lock(mu_);
-    holders_.erase(key);
+    std::lock_guard lock(state.mu);
+    state.holders.erase(key);
   }
-  released_.notify_all();
+  state.released.notify_all();
 }
 
 void KeyedMutexTable::set_holder(const std::string& key, std::thread::id thread) noexcept {
-  std::lock_guard lock(mu_);
-  const auto it = holders_.find(key);
-  if (it != holders_.end()) it->second = thread;
+  State& state = state_.get();
+  std::lock_guard lock(state.mu);
+  const auto it = state.holders.find(key);
+  if (it != state.holders.end()) it->second = thread;
 }
 
 bool KeyedMutexTable::is_held(const std::string& key) {
-  std::lock_guard lock(mu_);
-  return holders_.contains(key);
+  State& state = state_.get();
+  std::lock_guard lock(state.mu);
+  return state.holders.contains(key);
 }
 
 }  // namespace dogpile::internal

@@ -3,7 +3,8 @@
 // A table of keys currently being created in this process. A mutex object for
 // a key holds it by inserting the key; waiters sleep on a condition variable.
 // A thread asking for a key it already holds gets kReentrant instead of
-// deadlocking with itself.
+// deadlocking with itself. A fork()ed child starts with an empty table: the
+// keys its parent's threads held are not held in the child.
 //
 // Thread safety: the table is safe to share between threads; each mutex
 // object it hands out is used by one thread at a time.
@@ -18,6 +19,7 @@
 #include <unordered_map>
 
 #include "dogpile/creation_mutex.h"
+#include "fork_local.h"
 
 namespace dogpile::internal {
 
@@ -34,9 +36,12 @@ class KeyedMutexTable {
   void set_holder(const std::string& key, std::thread::id thread) noexcept;
   bool is_held(const std::string& key);
 
-  std::mutex mu_;
-  std::condition_variable released_;
-  std::unordered_map<std::string, std::thread::id> holders_;  // guarded by mu_
+  struct State {
+    std::mutex mu;
+    std::condition_variable released;
+    std::unordered_map<std::string, std::thread::id> holders;  // guarded by mu
+  };
+  ForkLocal<State> state_;
 };
 
 }  // namespace dogpile::internal

@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "backends/lmdb_env.h"
+#include "fork_local.h"
 #include "keyed_mutex.h"
 #include "time_math.h"
 
@@ -42,16 +43,37 @@ class LogLimiter {
   std::unordered_map<std::uint64_t, std::chrono::steady_clock::time_point> last_;  // guarded by mu_
 };
 
+// Counts a region's background jobs per fork generation.
+class PendingJobs {
+ public:
+  void started() {
+    State& s = state_.get();
+    std::lock_guard lock(s.mu);
+    ++s.count;
+  }
+  void finished() noexcept {
+    State& s = state_.get();
+    std::lock_guard lock(s.mu);
+    if (--s.count == 0) s.done.notify_all();
+  }
+  void wait_for_none() {
+    State& s = state_.get();
+    std::unique_lock lock(s.mu);
+    s.done.wait(lock, [&s] { return s.count == 0; });
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable done;
+    std::size_t count = 0;  // guarded by mu
+  };
+  ForkLocal<State> state_;
+};
+
 }  // namespace internal
 
 namespace {
-
-// Bumped in every fork()ed child, so a region can tell its first operation
-// in a child (begin_operation).
-std::atomic<std::uint64_t> g_fork_generation{0};
-std::once_flag g_atfork_once;
-
-void on_fork_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
 // The clock of the statistics deadline, read at every operation.
 // CLOCK_MONOTONIC_COARSE is read without the hardware counter (a few ns,
@@ -118,10 +140,9 @@ Region::Region(RegionOptions options)
     : options_(with_defaults(std::move(options))),
       local_locks_(std::make_unique<internal::KeyedMutexTable>()),
       log_limiter_(std::make_unique<internal::LogLimiter>()),
+      pending_jobs_(std::make_unique<internal::PendingJobs>()),
       next_publish_ns_(publish_deadline(options_.stats_interval)),
-      publish_generation_(g_fork_generation.load(std::memory_order_relaxed)) {
-  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &on_fork_child); });
-}
+      publish_generation_(internal::fork_generation()) {}
 
 Region::Region(RegionOptions options, std::shared_ptr<Backend> backend)
     : Region(std::move(options)) {
@@ -251,22 +272,13 @@ void Region::require_configured() const {
 
 Region::~Region() {
   // Background jobs refer to this region: let them finish first.
-  {
-    std::unique_lock lock(jobs_mu_);
-    jobs_done_.wait(lock, [this] { return pending_jobs_ == 0; });
-  }
+  pending_jobs_->wait_for_none();
   flush_stats();
 }
 
-void Region::job_started() {
-  std::lock_guard lock(jobs_mu_);
-  ++pending_jobs_;
-}
+void Region::job_started() { pending_jobs_->started(); }
 
-void Region::job_finished() noexcept {
-  std::lock_guard lock(jobs_mu_);
-  if (--pending_jobs_ == 0) jobs_done_.notify_all();
-}
+void Region::job_finished() noexcept { pending_jobs_->finished(); }
 
 std::string Region::mangle(std::string_view key) const {
   require_configured();
@@ -303,11 +315,49 @@ void Region::report(LogLevel level, std::string_view stored_key, const std::stri
   options_.logger(level, "region '" + options_.name + "' key '" + key_text + "': " + message);
 }
 
+bool Region::too_large_to_read(std::string_view stored_key, std::size_t bytes) const noexcept {
+  // A valid envelope is header, the full key when it was shortened, the
+  // payload and the trailer: anything longer carries a payload over the limit.
+  const std::size_t key_bytes = stored_key.size() > kMaxInlineKeySize ? stored_key.size() : 0;
+  const std::size_t overhead = kEnvelopeHeaderSize + kEnvelopeTrailerSize + key_bytes;
+  return bytes > overhead && bytes - overhead > options_.max_value_size;
+}
+
+void Region::note_too_large(std::string_view stored_key, std::size_t bytes) {
+  counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
+  report(LogLevel::kError, stored_key,
+         "entry of " + std::to_string(bytes) + " bytes is over max_value_size " +
+             std::to_string(options_.max_value_size) + ", treated as a miss (not read)");
+}
+
 void Region::read_entry(std::string_view stored_key, std::uint64_t tag, std::uint32_t schema,
                         const GetOptions& call, Entry& entry) {
   entry.state = State::kMissing;
   std::optional<std::string> bytes;
-  if (Status s = backend_->get(stored_key, bytes); !s) {
+  if (in_place_ != nullptr) {
+    // The size is judged inside the read, so an entry over max_value_size
+    // is never copied (its pages are not even touched).
+    struct Read {
+      const Region& region;
+      std::string_view stored_key;
+      std::optional<std::string>& bytes;
+      std::size_t too_large = 0;
+    } read{*this, stored_key, bytes};
+    const auto use = [](void* context, const std::string_view* found) {
+      Read& r = *static_cast<Read*>(context);
+      if (found == nullptr) return;
+      if (r.region.too_large_to_read(r.stored_key, found->size())) {
+        r.too_large = found->size();
+        return;
+      }
+      r.bytes.emplace(*found);
+    };
+    if (Status s = read_in_place(stored_key, use, &read); !s) {
+      note_read_failure(stored_key, s);
+      return;
+    }
+    if (read.too_large != 0) return note_too_large(stored_key, read.too_large);
+  } else if (Status s = backend_->get(stored_key, bytes); !s) {
     note_read_failure(stored_key, s);
     return;
   }
@@ -401,8 +451,31 @@ Region::State Region::judge(const EnvelopeMeta& meta, const GetOptions& call) co
 void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint64_t tag,
                           std::uint32_t schema, const GetOptions& call,
                           std::vector<Entry>& entries) {
-  std::vector<std::optional<std::string>> bytes;
-  if (Status s = backend_->get_multi(stored_keys, bytes); !s) {
+  std::vector<std::optional<std::string>> bytes(stored_keys.size());
+  std::vector<std::size_t> too_large(stored_keys.size(), 0);
+  Status s;
+  if (in_place_ != nullptr) {
+    // As read_entry: an entry over max_value_size is never copied.
+    struct Read {
+      const Region& region;
+      const std::vector<std::string>& stored_keys;
+      std::vector<std::optional<std::string>>& bytes;
+      std::vector<std::size_t>& too_large;
+    } read{*this, stored_keys, bytes, too_large};
+    const auto use = [](void* context, std::size_t i, const std::string_view* found) {
+      Read& r = *static_cast<Read*>(context);
+      if (found == nullptr) return;
+      if (r.region.too_large_to_read(r.stored_keys[i], found->size())) {
+        r.too_large[i] = found->size();
+        return;
+      }
+      r.bytes[i].emplace(*found);
+    };
+    s = in_place_->read_multi_in_place(stored_keys, use, &read);
+  } else {
+    s = backend_->get_multi(stored_keys, bytes);
+  }
+  if (!s) {
     counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
     report(LogLevel::kError, stored_keys.empty() ? std::string() : stored_keys.front(),
            "multi read failed, treated as misses: " + s.to_string());
@@ -410,6 +483,11 @@ void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint
     return;
   }
   for (std::size_t i = 0; i < stored_keys.size(); ++i) {
+    if (too_large[i] != 0) {
+      entries[i].state = State::kMissing;
+      note_too_large(stored_keys[i], too_large[i]);
+      continue;
+    }
     classify(stored_keys[i], std::move(bytes[i]), tag, schema, call, entries[i]);
   }
 }
@@ -697,7 +775,7 @@ void Region::maybe_publish_stats() noexcept {
 void Region::flush_stats() noexcept { publish_stats(true); }
 
 void Region::begin_operation() noexcept {
-  const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  const std::uint64_t generation = internal::fork_generation();
   if (generation == publish_generation_.load(std::memory_order_relaxed)) [[likely]] return;
   // A lock another thread held at fork() stays held in the child: then the
   // child publishes nothing rather than wait forever.

@@ -34,17 +34,6 @@ Status short_record(const LmdbEnv& env, const MDB_val& record) {
                        env.path());
 }
 
-// The value of an entry record (header stripped), copied once.
-Status copy_value(const LmdbEnv& env, const MDB_val& record, std::optional<std::string>& out) {
-  EntryHeader header;
-  std::string_view value;
-  if (!split_entry({static_cast<const char*>(record.mv_data), record.mv_size}, header, value)) {
-    return short_record(env, record);
-  }
-  out.emplace(value);
-  return Status::ok();
-}
-
 // Record bytes a write of `value` adds (what eviction has to make room for).
 std::uint64_t record_bytes(std::string_view value) noexcept {
   return kEntryHeaderSize + value.size();
@@ -194,13 +183,29 @@ class LmdbBackend final : public Backend, public InPlaceReader {
         0);
   }
 
+  // read_multi_in_place with copies, as get.
   Status get_multi(std::span<const std::string> keys,
                    std::vector<std::optional<std::string>>& values) override {
     values.assign(keys.size(), std::nullopt);
+    return read_multi_in_place(
+        keys,
+        [](void* out, std::size_t i, const std::string_view* bytes) {
+          if (bytes != nullptr) {
+            (*static_cast<std::vector<std::optional<std::string>>*>(out))[i].emplace(*bytes);
+          }
+        },
+        &values);
+  }
+
+  Status read_multi_in_place(std::span<const std::string> keys, UseAt use,
+                             void* context) override {
     if (keys.empty()) return Status::ok();
     const Binding* b = nullptr;
     if (Status s = binding(b); !s) return s;
-    if (!b->has_region) return Status::ok();
+    if (!b->has_region) {
+      for (std::size_t i = 0; i < keys.size(); ++i) use(context, i, nullptr);
+      return Status::ok();
+    }
     ReadTxn txn;
     if (Status s = b->env->begin_read(txn); !s) return s;
     for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -208,9 +213,17 @@ class LmdbBackend final : public Backend, public InPlaceReader {
       MDB_val k = stored.val();
       MDB_val v{};
       const int rc = mdb_get(txn.get(), b->region.dbi, &k, &v);
-      if (rc == MDB_NOTFOUND) continue;
+      if (rc == MDB_NOTFOUND) {
+        use(context, i, nullptr);
+        continue;
+      }
       if (rc != MDB_SUCCESS) return b->env->status(rc, "cannot read");
-      if (Status s = copy_value(*b->env, v, values[i]); !s) return s;
+      EntryHeader header;
+      std::string_view value;
+      if (!split_entry({static_cast<const char*>(v.mv_data), v.mv_size}, header, value)) {
+        return short_record(*b->env, v);
+      }
+      use(context, i, &value);
     }
     return Status::ok();
   }

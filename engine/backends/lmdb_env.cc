@@ -25,11 +25,6 @@
 namespace dogpile::internal {
 namespace {
 
-std::atomic<std::uint64_t> g_fork_generation{0};
-std::once_flag g_atfork_once;
-
-void on_fork_child() noexcept { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
-
 unsigned durability_flags(Durability durability) {
   switch (durability) {
     case Durability::kDurable: return 0;
@@ -118,10 +113,6 @@ Status reserve_lock_file(const std::string& path, std::uint32_t max_readers) {
 }
 
 }  // namespace
-
-std::uint64_t fork_generation() noexcept {
-  return g_fork_generation.load(std::memory_order_relaxed);
-}
 
 Status lmdb_status(int rc, std::string_view what, const std::string& path) {
   const std::string message = std::string(what) + ": " + mdb_strerror(rc);
@@ -221,12 +212,9 @@ void WriteTxn::abort() noexcept {
 // ---- registry ----
 
 // The environments of one fork generation. A child starts a fresh registry
-// rather than reuse its parent's: the parent's mutex may have been held by a
-// thread that does not exist in the child.
+// rather than reuse its parent's (ForkLocal): the parent's mutex may have been
+// held by a thread that does not exist in the child.
 struct LmdbEnv::Registry {
-  explicit Registry(std::uint64_t gen) : generation(gen) {}
-
-  const std::uint64_t generation;
   std::mutex mutex;
   std::condition_variable closed;  // an entry was erased
   // An entry exists from open until its environment is closed; an expired
@@ -265,18 +253,8 @@ struct LmdbEnv::Deleter {
 
 LmdbEnv::Registry& LmdbEnv::current_registry() {
   // Never freed: environments may be released during static destruction.
-  static std::atomic<Registry*> current{nullptr};
-  const std::uint64_t generation = fork_generation();
-  Registry* registry = current.load(std::memory_order_acquire);
-  while (registry == nullptr || registry->generation != generation) {
-    auto* fresh = new Registry(generation);
-    // The parent's registry is leaked in a child: see Registry.
-    if (current.compare_exchange_strong(registry, fresh, std::memory_order_acq_rel)) {
-      return *fresh;
-    }
-    delete fresh;  // another thread installed one; `registry` now holds it
-  }
-  return *registry;
+  static ForkLocal<Registry>* const registries = new ForkLocal<Registry>();
+  return registries->get();
 }
 
 // ---- LmdbEnv ----
@@ -290,8 +268,6 @@ LmdbEnv::~LmdbEnv() { drain_readers(); }
 
 Status LmdbEnv::acquire(const std::string& dir, const LmdbEnvOptions& options,
                         std::shared_ptr<LmdbEnv>& out) {
-  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, &on_fork_child); });
-
   // Whoever else can write the directory could swap the files under us.
   if (Status s = check_cache_dir(dir); !s) return s;
   // The environment's identity: the directory check_cache_dir accepted.

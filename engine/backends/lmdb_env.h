@@ -52,6 +52,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -63,11 +64,9 @@
 #include "dogpile/status.h"
 #include "backends/lmdb_layout.h"
 #include "file_lock.h"
+#include "fork_local.h"
 
 namespace dogpile::internal {
-
-// Bumped in every fork()ed child. Relaxed: a process sees its own fork.
-std::uint64_t fork_generation() noexcept;
 
 // Maps an LMDB or errno return code to a Status about `what` on `path`.
 Status lmdb_status(int rc, std::string_view what, const std::string& path);
@@ -369,6 +368,12 @@ class InPlaceReader {
   using Use = void (*)(void* context, const std::string_view* bytes);
   // Backend::get without the copy.
   virtual Status read_in_place(std::string_view key, Use use, void* context) = 0;
+  // Called as Use, with the position of the key in the keys read.
+  using UseAt = void (*)(void* context, std::size_t index, const std::string_view* bytes);
+  // Backend::get_multi without the copies: `use` once per key, in order, in
+  // one read transaction.
+  virtual Status read_multi_in_place(std::span<const std::string> keys, UseAt use,
+                                     void* context) = 0;
 
  protected:
   ~InPlaceReader() = default;

@@ -8,16 +8,16 @@
 // caller starts a second regeneration meanwhile. A runner may serve many
 // regions; each region waits for its own pending jobs when it is destroyed.
 //
+// A runner made before fork() works in the child too: the child's first
+// submit starts the child's own threads. Jobs submitted before the fork stay
+// the parent's; the child neither runs nor waits for them.
+//
 // Thread safety: submit and drain may be called from any thread.
 #pragma once
 
-#include <condition_variable>
 #include <cstddef>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
+#include <memory>
 
 namespace dogpile {
 
@@ -34,19 +34,12 @@ class AsyncRunner {
   // Queues `job`. Jobs must not throw; Region's jobs catch, count and log
   // their creator's exceptions themselves.
   void submit(std::function<void()> job);
-  // Waits until every submitted job has finished.
+  // Waits until every job submitted in this process has finished.
   void drain();
 
  private:
-  void work();
-
-  std::mutex mu_;
-  std::condition_variable wake_;  // a job was queued, or stopping
-  std::condition_variable idle_;  // the queue emptied and nothing runs
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
-  std::size_t running_ = 0;                  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  std::vector<std::thread> threads_;
+  struct Impl;  // the queue and threads of each fork generation
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace dogpile

@@ -53,6 +53,7 @@ namespace internal {
 class InPlaceReader;
 class KeyedMutexTable;
 class LogLimiter;
+class PendingJobs;
 
 // The what() of the exception being handled, for a log line.
 std::string current_exception_text();
@@ -246,6 +247,12 @@ class Region {
                   const GetOptions& call, Entry& entry);
   // Codec-level decode failure of a checksum-valid entry.
   void note_undecodable(std::string_view stored_key);
+  // Whether a stored entry of `bytes` bytes must carry a payload over
+  // max_value_size: judged before the entry is copied.
+  bool too_large_to_read(std::string_view stored_key, std::size_t bytes) const noexcept;
+  // Counts and reports such an entry as corrupt, a miss: a region with
+  // this limit never stores one.
+  void note_too_large(std::string_view stored_key, std::size_t bytes);
   EnvelopeMeta new_meta(const std::optional<Duration>& ttl) const;
   std::optional<std::string_view> full_key_for(std::string_view stored_key) const;
   Status store(std::string_view stored_key, const std::string& envelope);
@@ -370,9 +377,9 @@ class Region {
   std::unique_ptr<internal::KeyedMutexTable> local_locks_;  // when the backend has no mutex
   std::unique_ptr<internal::LogLimiter> log_limiter_;
   Counters counters_;
-  std::mutex jobs_mu_;
-  std::condition_variable jobs_done_;
-  std::size_t pending_jobs_ = 0;  // guarded by jobs_mu_; the destructor waits for 0
+  // Background jobs of this process not finished yet; the destructor waits
+  // for them (a fork()ed child has none of its parent's).
+  std::unique_ptr<internal::PendingJobs> pending_jobs_;
   // Statistics publication: steady-clock time (ns) of the next one, and what
   // the backend has been given so far.
   std::atomic<std::int64_t> next_publish_ns_{0};
@@ -424,6 +431,7 @@ Region::State Region::lookup_in_place(std::string_view stored_key, const GetOpti
     EnvelopeMeta envelope;
     bool found = false;
     bool decoded = false;
+    std::size_t too_large = 0;        // the size of an entry over max_value_size
     std::optional<std::string> copy;  // bytes that take the copying path
   };
   // Runs inside the backend's read: only the envelope checks and the
@@ -434,6 +442,11 @@ Region::State Region::lookup_in_place(std::string_view stored_key, const GetOpti
     Read& read = *static_cast<Read*>(context);
     if (bytes == nullptr) return;
     read.found = true;
+    // Judged first: an entry over max_value_size is never checksummed or copied.
+    if (read.region.too_large_to_read(read.stored_key, bytes->size())) {
+      read.too_large = bytes->size();
+      return;
+    }
     EnvelopeView view;
     if (read.region.envelope_matches(read.stored_key, *bytes, type_tag<T>(), schema_version<T>(),
                                      view)) {
@@ -455,6 +468,10 @@ Region::State Region::lookup_in_place(std::string_view stored_key, const GetOpti
     return State::kMissing;
   }
   if (!read.found) return State::kMissing;
+  if (read.too_large != 0) {
+    note_too_large(stored_key, read.too_large);
+    return State::kMissing;
+  }
   if (!read.decoded) {
     Entry entry;
     classify(stored_key, std::move(read.copy), type_tag<T>(), schema_version<T>(), call, entry);
