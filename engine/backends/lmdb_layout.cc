@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <map>
+#include <vector>
 
 #include "backends/lmdb_env.h"
 
@@ -96,18 +97,84 @@ Status del_if_present(MDB_txn* txn, MDB_dbi dbi, std::string_view key, std::stri
   return txn_status(txn, rc, what);
 }
 
-// Removes the index entries of an entry with `header`.
-Status remove_index_entries(MDB_txn* txn, const StoreDbs& dbs, const EntryHeader& header) {
+// Whether index `dbi` has `key`, naming the entry (region_id, stored_key).
+Status index_names(MDB_txn* txn, MDB_dbi dbi, std::string_view key, std::uint32_t region_id,
+                   std::string_view stored_key, bool& names) {
+  names = false;
+  MDB_val k = as_val(key);
+  MDB_val value{};
+  const int rc = mdb_get(txn, dbi, &k, &value);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read an index");
+  IndexTarget target;
+  names = split_index_value(as_view(value), target) && target.region_id == region_id &&
+          target.stored_key == stored_key;
+  return Status::ok();
+}
+
+// Removes every entry of index `dbi` naming (region_id, stored_key): a scan
+// of the whole index, for the repair of a damaged entry header only.
+Status remove_entries_naming(MDB_txn* txn, MDB_dbi dbi, std::uint32_t region_id,
+                             std::string_view stored_key) {
+  std::vector<std::string> doomed;
+  {
+    MDB_cursor* cursor = nullptr;
+    if (const int rc = mdb_cursor_open(txn, dbi, &cursor); rc != MDB_SUCCESS) {
+      return txn_status(txn, rc, "cannot open a cursor");
+    }
+    MDB_val key{};
+    MDB_val value{};
+    int rc = mdb_cursor_get(cursor, &key, &value, MDB_FIRST);
+    for (; rc == MDB_SUCCESS; rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)) {
+      IndexTarget target;
+      if (split_index_value(as_view(value), target) && target.region_id == region_id &&
+          target.stored_key == stored_key) {
+        doomed.emplace_back(as_view(key));
+      }
+    }
+    mdb_cursor_close(cursor);
+    if (rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read an index");
+  }
+  for (const std::string& key : doomed) {
+    if (Status s = del_if_present(txn, dbi, key, "cannot repair an index"); !s) return s;
+  }
+  return Status::ok();
+}
+
+// Removes the index entries of the entry (region_id, stored_key) whose record
+// is `header` + `envelope`. The header is outside the envelope's checksum: a
+// damaged sequence or expiry would name another record's index entries, or
+// none, and leave this record's own behind for good. So the entries the
+// header names are checked to name this record (and its expiry to be the
+// envelope's) first; when they do not, the indexes are searched for what does.
+Status remove_index_entries(MDB_txn* txn, const StoreDbs& dbs, std::uint32_t region_id,
+                            std::string_view stored_key, const EntryHeader& header,
+                            std::string_view envelope) {
+  const std::int64_t expected_expiry = envelope_expiry(envelope);
   const auto written = written_key(header.seq);
-  if (Status s = del_if_present(txn, dbs.written, {written.data(), written.size()},
-                                "cannot update the write index");
+  const std::string_view written_view(written.data(), written.size());
+  const auto expiry = expiry_key(header.expires_at_ns, header.seq);
+  const std::string_view expiry_view(expiry.data(), expiry.size());
+  bool intact = false;
+  if (Status s = index_names(txn, dbs.written, written_view, region_id, stored_key, intact); !s) {
+    return s;
+  }
+  intact = intact && header.expires_at_ns == expected_expiry;
+  if (intact && header.expires_at_ns != kNoExpiry) {
+    if (Status s = index_names(txn, dbs.expiry, expiry_view, region_id, stored_key, intact); !s) {
+      return s;
+    }
+  }
+  if (!intact) {
+    if (Status s = remove_entries_naming(txn, dbs.written, region_id, stored_key); !s) return s;
+    return remove_entries_naming(txn, dbs.expiry, region_id, stored_key);
+  }
+  if (Status s = del_if_present(txn, dbs.written, written_view, "cannot update the write index");
       !s) {
     return s;
   }
   if (header.expires_at_ns == kNoExpiry) return Status::ok();
-  const auto expiry = expiry_key(header.expires_at_ns, header.seq);
-  return del_if_present(txn, dbs.expiry, {expiry.data(), expiry.size()},
-                        "cannot update the expiry index");
+  return del_if_present(txn, dbs.expiry, expiry_view, "cannot update the expiry index");
 }
 
 // The last write sequence handed out, from _meta (0 before the first).
@@ -170,7 +237,11 @@ Status remove_indexed(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, MDB_dbi i
     std::string_view envelope;
     if (rc == MDB_SUCCESS && split_entry(as_view(record), header, envelope) && header.seq == seq) {
       bytes = record.mv_size;
-      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+      if (Status s = remove_index_entries(txn, dbs, region->id, target.stored_key, header,
+                                          envelope);
+          !s) {
+        return s;
+      }
       const int del = mdb_del(txn, region->dbi, &k, nullptr);
       if (del != MDB_SUCCESS) return txn_status(txn, del, "cannot remove an entry");
       UsageCounters& counters = usage[region->name];
@@ -394,7 +465,10 @@ Status EntryWriter::put(std::string_view stored_key, std::string_view value) {
     std::string_view envelope;
     if (split_entry(as_view(old), header, envelope)) {
       // Other databases: the cursor stays on the old entry.
-      if (Status s = remove_index_entries(txn_, dbs_, header); !s) return s;
+      if (Status s = remove_index_entries(txn_, dbs_, region_.id, stored_key, header, envelope);
+          !s) {
+        return s;
+      }
     }
   } else if (rc != MDB_NOTFOUND) {
     return txn_status(txn_, rc, "cannot read an entry");
@@ -450,7 +524,9 @@ Status erase_entry(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
   EntryHeader header;
   std::string_view envelope;
   if (split_entry(as_view(record), header, envelope)) {
-    if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+    if (Status s = remove_index_entries(txn, dbs, region.id, stored_key, header, envelope); !s) {
+      return s;
+    }
   }
   if (const int r = mdb_del(txn, region.dbi, &key, nullptr); r != MDB_SUCCESS) {
     return txn_status(txn, r, "cannot erase");
@@ -540,7 +616,10 @@ Status clear_region(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
     std::string_view envelope;
     const std::uint64_t bytes = record.mv_size;
     if (split_entry(as_view(record), header, envelope)) {
-      if (Status s = remove_index_entries(txn, dbs, header); !s) return s;
+      if (Status s = remove_index_entries(txn, dbs, region.id, as_view(key), header, envelope);
+          !s) {
+        return s;
+      }
     }
     // The index deletions did not touch this database: the cursor still
     // stands on the entry.
