@@ -615,9 +615,11 @@ CreationMutex::Timeout Region::key_wait_timeout() const {
   return options_.lock_timeout;
 }
 
-Status Region::wait_for_lock(CreationMutex& mutex) {
+Status Region::wait_for_lock(CreationMutex& mutex) { return timed_wait(mutex, key_wait_timeout()); }
+
+Status Region::timed_wait(CreationMutex& mutex, CreationMutex::Timeout timeout) {
   const auto started = std::chrono::steady_clock::now();
-  Status s = mutex.lock(key_wait_timeout());
+  Status s = mutex.lock(timeout);
   counters_.lock_waits.fetch_add(1, std::memory_order_relaxed);
   counters_.lock_wait_ns.fetch_add(
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -667,14 +669,7 @@ Status Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot&
   const auto i = static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) %
                                             options_.max_concurrent_creations);
   std::unique_ptr<CreationMutex> m = creation_mutex(slot_key(i));
-  const auto started = std::chrono::steady_clock::now();
-  Status s = m->lock(options_.lock_timeout);
-  counters_.lock_waits.fetch_add(1, std::memory_order_relaxed);
-  counters_.lock_wait_ns.fetch_add(
-      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::steady_clock::now() - started)
-                                     .count()),
-      std::memory_order_relaxed);
+  const Status s = timed_wait(*m, options_.lock_timeout);
   if (s.is_ok()) {
     ++t_slots_held;
     slot.reset(m.release());

@@ -261,6 +261,8 @@ class Region {
   // A blocking acquisition of a key's lock, counted and timed for the
   // statistics, bounded by key_wait_timeout().
   Status wait_for_lock(CreationMutex& mutex);
+  // A blocking acquisition of any creation lock, counted and timed.
+  Status timed_wait(CreationMutex& mutex, CreationMutex::Timeout timeout);
   // lock_timeout, or nested_lock_timeout when shorter and this thread is
   // inside a creator (a wait that can be part of a cycle).
   CreationMutex::Timeout key_wait_timeout() const;
