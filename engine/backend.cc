@@ -38,6 +38,8 @@ std::unique_ptr<CreationMutex> Backend::get_mutex(std::string_view) { return nul
 
 void Backend::add_usage(const UsageCounters&) noexcept {}
 
+void Backend::note_expiration(std::optional<std::chrono::nanoseconds>) noexcept {}
+
 std::shared_ptr<InvalidationStrategy> Backend::invalidation_strategy() {
   return local_invalidation_;
 }

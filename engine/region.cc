@@ -169,6 +169,9 @@ void Region::configure(std::shared_ptr<Backend> backend) {
   }
   backend_ = std::move(backend);
   in_place_ = dynamic_cast<internal::InPlaceReader*>(backend_.get());
+  // A callable expiration has no one value to tell.
+  backend_->note_expiration(options_.expiration_time_fn ? std::nullopt
+                                                        : options_.expiration_time);
   if (!options_.invalidation) options_.invalidation = backend_->invalidation_strategy();
   if (!options_.invalidation) options_.invalidation = make_local_invalidation();
 }

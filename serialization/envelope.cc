@@ -159,6 +159,17 @@ std::optional<std::int64_t> peek_envelope_expiry(std::string_view bytes) noexcep
   return static_cast<std::int64_t>(load_le<std::uint64_t>(data + kExpiresOffset));
 }
 
+std::optional<std::int64_t> peek_envelope_created_at(std::string_view bytes) noexcept {
+  if (bytes.size() < kMinEnvelopeSize) return std::nullopt;
+  const char* const data = bytes.data();
+  if (load_le<std::uint32_t>(data + kMagicOffset) != kEnvelopeMagic ||
+      static_cast<std::uint8_t>(data[kVersionOffset]) != kEnvelopeFormatVersion ||
+      (load_le<std::uint16_t>(data + kFlagsOffset) & ~kKnownFlags) != 0) {
+    return std::nullopt;
+  }
+  return static_cast<std::int64_t>(load_le<std::uint64_t>(data + kCreatedOffset));
+}
+
 DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
                              EnvelopeView& out) noexcept {
   const std::size_t size = bytes.size();

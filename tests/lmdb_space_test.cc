@@ -350,6 +350,61 @@ TEST_CASE("eviction takes expired entries first, then the least recently written
   CHECK(check_indexes(*env).problems.empty());
 }
 
+TEST_CASE("eviction takes entries stale by their region's expiration before fresh ones",
+          "[lmdb][space]") {
+  // Region "fast" expires entries after a minute, region "slow" after an
+  // hour; neither kind is in the expiry index (no per-entry ttl). "slow"'s
+  // fresh entries are written first, "fast"'s stale ones after them: write
+  // order alone evicted the fresh ones and kept the stale.
+  TempDir dir;
+  std::unique_ptr<Backend> slow = open_backend(dir.path(), 4 * kMiB, "slow");
+  std::unique_ptr<Backend> fast = open_backend(dir.path(), 4 * kMiB, "fast");
+  // Regions tell their backends their expiration, which records it in the store.
+  const dogpile::ConfigMap args{{"path", dir.path()}, {"max_size", "4MiB"}};
+  dogpile::Region slow_region({.name = "slow", .expiration_time = std::chrono::hours(1)}, "lmdb",
+                              args);
+  dogpile::Region fast_region({.name = "fast", .expiration_time = std::chrono::minutes(1)},
+                              "lmdb", args);
+  std::shared_ptr<LmdbEnv> env = env_of(dir.path());
+  constexpr std::size_t kSize = 16 << 10;
+  const std::int64_t two_minutes_ago = now_ns() - std::int64_t{120} * 1000000000;
+  std::uint64_t n = 0;
+  std::vector<std::string> slow_order;  // write order of "slow"'s keys
+  std::map<std::string, std::string> values;
+  const auto write_slow = [&](const std::string& key) {
+    values[key] = envelope(n++, kSize, std::nullopt);
+    set(*slow, key, values[key]);
+    slow_order.push_back(key);
+  };
+  for (int i = 0; i < 80; ++i) write_slow(str_cat("slow", i));  // > one eviction round
+  std::vector<std::string> stale;
+  for (int i = 0; i < 10; ++i) {
+    dogpile::EnvelopeMeta meta;
+    meta.codec = dogpile::CodecId::kRaw;
+    meta.created_at_ns = two_minutes_ago;
+    stale.push_back(str_cat("fast", i));
+    set(*fast, stale.back(), dogpile::encode_envelope(meta, std::nullopt, value_for(n++, kSize)));
+  }
+  for (int i = 0; usage(*env, "slow").empty() && usage(*env, "fast").empty(); ++i) {
+    REQUIRE(i < 1000);
+    write_slow(str_cat("fill", i));
+  }
+  const UsageCounters fast_counted = usage(*env, "fast");
+  const UsageCounters slow_counted = usage(*env, "slow");
+  CHECK(fast_counted.expired_purged == stale.size());
+  CHECK(fast_counted.evictions == 0);
+  for (const std::string& key : stale) CHECK_FALSE(get(*fast, key).has_value());
+  // Then the least recently written of the fresh ones, oldest first.
+  std::size_t gone = 0;
+  while (gone < slow_order.size() && !get(*slow, slow_order[gone]).has_value()) ++gone;
+  CHECK(gone == slow_counted.evictions);
+  for (std::size_t i = gone; i < slow_order.size(); ++i) {
+    INFO(slow_order[i]);
+    CHECK(get(*slow, slow_order[i]) == values[slow_order[i]]);
+  }
+  CHECK(check_indexes(*env).problems.empty());
+}
+
 TEST_CASE("a reader process keeps reading while a writer process grows the map",
           "[lmdb][space][fork]") {
   TempDir dir;

@@ -284,6 +284,24 @@ class LmdbBackend final : public Backend, public InPlaceReader {
     }
   }
 
+  // Recorded in the store for eviction (any process's): expired entries of
+  // this region go before fresh ones. Best effort, as add_usage.
+  void note_expiration(std::optional<std::chrono::nanoseconds> expiration) noexcept override {
+    try {
+      const Binding* b = nullptr;
+      if (!writable_binding(b)) return;
+      std::optional<std::int64_t> ns;
+      if (expiration) ns = expiration->count();
+      (void)b->env->write(
+          [&](MDB_txn* txn) {
+            return set_region_expiration(txn, b->env->store_dbs(), b->region.name, ns);
+          },
+          0);
+    } catch (...) {
+      // bad_alloc: eviction goes without the hint.
+    }
+  }
+
   // Locks are per (region, key) on the directory's creation.lock, so they
   // exclude other processes too. nullptr (the region's in-process lock) when
   // the environment is read-only (it opens no creation.lock, and what a

@@ -185,7 +185,8 @@ struct RemovalStep {
 Status purge_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
                      std::uint64_t limit, RemovalStep& out);
 
-// Eviction: expired entries first, then the least recently written, until
+// Eviction: expired entries first (by the expiry index, then by their
+// region's recorded expiration), then the least recently written, until
 // at least `bytes_to_free` record bytes are gone or nothing is left;
 // counts evictions (and expired_purged) in each region's usage.
 Status evict(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
@@ -203,6 +204,14 @@ Status clear_region(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
 // ---- usage counters ----
 
 Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, UsageCounters& out);
+
+// ---- region expirations ----
+
+// Records (or, with nullopt, forgets) how long entries of `region` without
+// their own expiry stay fresh: _meta "rexp:<region>", i64 LE nanoseconds.
+// Writes nothing when the record already says so.
+Status set_region_expiration(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
+                             std::optional<std::int64_t> expiration_ns);
 Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                  const UsageCounters& delta);
 

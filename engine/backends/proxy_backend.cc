@@ -68,6 +68,10 @@ std::unique_ptr<CreationMutex> ProxyBackend::get_mutex(std::string_view key) {
 
 void ProxyBackend::add_usage(const UsageCounters& delta) noexcept { inner_->add_usage(delta); }
 
+void ProxyBackend::note_expiration(std::optional<std::chrono::nanoseconds> expiration) noexcept {
+  inner_->note_expiration(expiration);
+}
+
 std::string_view ProxyBackend::name() const noexcept { return inner_->name(); }
 
 std::shared_ptr<InvalidationStrategy> ProxyBackend::invalidation_strategy() {

@@ -11,6 +11,7 @@
 // number of threads.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -57,6 +58,12 @@ class Backend {
   // them to the cache directory in one write transaction. Best effort: a
   // failure loses the counts and is not reported.
   virtual void add_usage(const UsageCounters& delta) noexcept;
+
+  // How long entries of this backend's region stay fresh when they carry no
+  // expiry of their own (RegionOptions::expiration_time; nullopt: for ever,
+  // or not known). Region tells it at configure. A backend that evicts uses
+  // it to remove expired entries before fresh ones; the default ignores it.
+  virtual void note_expiration(std::optional<std::chrono::nanoseconds> expiration) noexcept;
 
   // The registry name ("memory", "null", "lmdb").
   virtual std::string_view name() const noexcept = 0;

@@ -58,6 +58,7 @@ class ProxyBackend : public Backend {
   std::unique_ptr<CreationMutex> get_mutex(std::string_view key) override;
   // Usage counts belong to the store: forwarded unchanged.
   void add_usage(const UsageCounters& delta) noexcept override;
+  void note_expiration(std::optional<std::chrono::nanoseconds> expiration) noexcept override;
   // The inner backend's name: a proxy stores nothing itself.
   std::string_view name() const noexcept override;
   // The inner backend's, so a wrapped lmdb backend keeps sharing its

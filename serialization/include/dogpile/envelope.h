@@ -88,5 +88,8 @@ DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
 // start like an envelope of this version or carry no expiry. For write paths
 // that index entries by expiry without paying for a full decode.
 std::optional<std::int64_t> peek_envelope_expiry(std::string_view bytes) noexcept;
+// created_at of an envelope, checked as peek_envelope_expiry; nullopt when
+// the bytes do not start like an envelope of this version.
+std::optional<std::int64_t> peek_envelope_created_at(std::string_view bytes) noexcept;
 
 }  // namespace dogpile
