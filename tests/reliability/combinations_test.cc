@@ -220,6 +220,7 @@ TEST_CASE("max_concurrent_creations × nested creation: processes never deadlock
   const std::string failure = in_bounded_child(30, [&] {
     const pid_t b = ::fork();
     if (b == 0) {
+      ::alarm(30);  // alarms are not inherited: a hung B must end too
       int rc = 1;
       try {
         Region region(region_options(), "lmdb", {{"path", cache}});
@@ -445,6 +446,7 @@ TEST_CASE("nested × nested: two processes' creators waiting for each other end 
   const auto side = [&](const std::string& mine, const std::string& theirs) {
     const pid_t pid = ::fork();
     if (pid != 0) return pid;
+    ::alarm(30);  // alarms are not inherited: a hung side must end too
     int rc = 3;
     try {
       Region region({.name = "cycle", .nested_lock_timeout = kCycleBound}, "lmdb",
