@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -269,14 +270,16 @@ TEST_CASE("max_concurrent_creations × get_or_create_multi: a multi creator take
     return std::vector<std::string>(keys.begin(), keys.end());
   };
   std::vector<std::thread> threads;
+  std::array<bool, 4> right{};  // Catch's assertions are for the main thread only
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       const std::vector<std::string> keys{str_cat("t", t, "-a"), str_cat("t", t, "-b")};
-      const std::vector<std::string> got = region.get_or_create_multi<std::string>(keys, creator);
-      CHECK(got == keys);
+      right[static_cast<std::size_t>(t)] =
+          region.get_or_create_multi<std::string>(keys, creator) == keys;
     });
   }
   for (std::thread& t : threads) t.join();
+  for (const bool r : right) CHECK(r);
   CHECK(most.load() == 1);
   CHECK(region.stats().creations == 8);
 }
@@ -494,6 +497,12 @@ TEST_CASE("fork × AsyncRunner and lock tables: pre-forked workers never hang",
   // creates in the memory region (whose table the parent's threads held) and
   // destroys its regions. Before fork()-aware state, a worker's job queued
   // for ever with the key's lock held and its ~Region hung.
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer cannot start threads in the child of a multi-threaded
+  // fork(), which is this test's very point; the g++ and ASan runs have it.
+  SUCCEED("not run under ThreadSanitizer");
+  return;
+#endif
   constexpr int kWorkers = 4;
   constexpr int kKeys = 8;
   TempDir dir;
