@@ -667,8 +667,8 @@ Region::CreationSlot Region::try_creation_slot() {
 }
 
 Status Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot) {
-  // All busy: queue on one slot chosen by the key (the seed's "modulus of
-  // the key's hash"), so waiters spread over the slots.
+  // All busy: queue on the slot the key's hash picks (modulo the slot
+  // count), so waiters spread over the slots.
   const auto i = static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) %
                                             options_.max_concurrent_creations);
   std::unique_ptr<CreationMutex> m = creation_mutex(slot_key(i));

@@ -292,6 +292,19 @@ class LmdbBackend final : public Backend, public InPlaceReader {
       if (!writable_binding(b)) return;
       std::optional<std::int64_t> ns;
       if (expiration) ns = expiration->count();
+      // Every Region construction tells it; most find it recorded already,
+      // and a read transaction costs no writer lock and no commit.
+      {
+        ReadTxn txn;
+        bool recorded = false;
+        if (b->env->begin_read(txn).is_ok() &&
+            region_expiration_recorded(txn.get(), b->env->store_dbs(), b->region.name, ns,
+                                       recorded)
+                .is_ok() &&
+            recorded) {
+          return;
+        }
+      }
       (void)b->env->write(
           [&](MDB_txn* txn) {
             return set_region_expiration(txn, b->env->store_dbs(), b->region.name, ns);

@@ -771,8 +771,8 @@ Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, Us
   return Status::ok();
 }
 
-Status set_region_expiration(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
-                             std::optional<std::int64_t> expiration_ns) {
+Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
+                                  std::optional<std::int64_t> expiration_ns, bool& recorded) {
   std::string key(kExpirationPrefix);
   key += region;
   MDB_val k = as_val(key);
@@ -780,14 +780,26 @@ Status set_region_expiration(MDB_txn* txn, const StoreDbs& dbs, std::string_view
   const int rc = mdb_get(txn, dbs.meta, &k, &current);
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read _meta");
   if (!expiration_ns) {
-    if (rc == MDB_NOTFOUND) return Status::ok();
-    return del_if_present(txn, dbs.meta, key, "cannot update _meta");
+    recorded = rc == MDB_NOTFOUND;
+  } else {
+    recorded = rc == MDB_SUCCESS && current.mv_size == 8 &&
+               static_cast<std::int64_t>(get_le64(static_cast<const char*>(current.mv_data))) ==
+                   *expiration_ns;
   }
-  if (rc == MDB_SUCCESS && current.mv_size == 8 &&
-      static_cast<std::int64_t>(get_le64(static_cast<const char*>(current.mv_data))) ==
-          *expiration_ns) {
-    return Status::ok();
+  return Status::ok();
+}
+
+Status set_region_expiration(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
+                             std::optional<std::int64_t> expiration_ns) {
+  bool recorded = false;
+  if (Status s = region_expiration_recorded(txn, dbs, region, expiration_ns, recorded); !s) {
+    return s;
   }
+  if (recorded) return Status::ok();
+  std::string key(kExpirationPrefix);
+  key += region;
+  if (!expiration_ns) return del_if_present(txn, dbs.meta, key, "cannot update _meta");
+  MDB_val k = as_val(key);
   char bytes[8];
   put_le64(bytes, static_cast<std::uint64_t>(*expiration_ns));
   MDB_val v{sizeof bytes, bytes};

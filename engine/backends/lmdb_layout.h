@@ -212,6 +212,9 @@ Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, Us
 // Writes nothing when the record already says so.
 Status set_region_expiration(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                              std::optional<std::int64_t> expiration_ns);
+// Whether the store already records exactly that (for nullopt: nothing).
+Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
+                                  std::optional<std::int64_t> expiration_ns, bool& recorded);
 Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                  const UsageCounters& delta);
 
