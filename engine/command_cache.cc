@@ -171,10 +171,7 @@ std::optional<Duration> usable_for(const ExecOptions& options) {
 
 // now - then, clamped: `then` comes from stored bytes.
 Duration age(WallTime now, WallTime then) {
-  const auto ns = [](WallTime t) {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-  };
-  return Duration(internal::saturating_sub(ns(now), ns(then)));
+  return Duration(internal::saturating_sub(internal::wall_ns(now), internal::wall_ns(then)));
 }
 
 void check_options(const CommandSpec& spec, const ExecOptions& options) {

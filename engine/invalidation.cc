@@ -10,23 +10,30 @@ namespace {
 
 class LocalInvalidation final : public InvalidationStrategy {
  public:
-  Status invalidate(bool hard, WallTime at) override {
-    internal::raise_stamp(hard ? hard_ : soft_, internal::stamp_for(at));
+  std::int64_t sequence() const noexcept override {
+    return sequence_.load(std::memory_order_acquire);
+  }
+  Status invalidate(bool hard) override {
+    const std::int64_t stamp = sequence_.fetch_add(1, std::memory_order_acq_rel) + 1;
+    internal::raise_stamp(hard ? hard_ : soft_, stamp);
     return Status::ok();
   }
-  bool is_hard_invalidated(WallTime created_at) const override {
-    return internal::older_than(internal::wall_ns(created_at),
-                                hard_.load(std::memory_order_acquire));
+  bool is_hard_invalidated(std::int64_t sequence) const noexcept override {
+    return internal::older_than(sequence, hard_.load(std::memory_order_acquire));
   }
-  bool is_soft_invalidated(WallTime created_at) const override {
-    return internal::older_than(internal::wall_ns(created_at),
-                                soft_.load(std::memory_order_acquire));
+  bool is_soft_invalidated(std::int64_t sequence) const noexcept override {
+    return internal::older_than(sequence, soft_.load(std::memory_order_acquire));
   }
-  bool was_hard_invalidated() const override { return hard_.load(std::memory_order_acquire) != 0; }
-  bool was_soft_invalidated() const override { return soft_.load(std::memory_order_acquire) != 0; }
+  bool was_hard_invalidated() const noexcept override {
+    return hard_.load(std::memory_order_acquire) != 0;
+  }
+  bool was_soft_invalidated() const noexcept override {
+    return soft_.load(std::memory_order_acquire) != 0;
+  }
 
  private:
-  std::atomic<std::int64_t> hard_{0};  // ns since the epoch; 0: never
+  std::atomic<std::int64_t> sequence_{internal::initial_sequence()};
+  std::atomic<std::int64_t> hard_{0};  // a number drawn from sequence_; 0: never
   std::atomic<std::int64_t> soft_{0};
 };
 

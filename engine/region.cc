@@ -90,16 +90,10 @@ std::int64_t publish_deadline(Duration interval) noexcept {
   return internal::saturating_add(steady_ns(), interval.count());
 }
 
-std::int64_t to_ns(WallTime t) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-}
-
 // Stored times can hold any value: they are compared with saturating_sub.
 using internal::saturating_sub;
-
-WallTime from_ns(std::int64_t ns) {
-  return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
-}
+using internal::wall_ns;
+using internal::wall_time;
 
 void log_to_stderr(LogLevel level, std::string_view message) {
   std::fprintf(stderr, "dogpile %s: %.*s\n", level == LogLevel::kError ? "error" : "warning",
@@ -128,8 +122,9 @@ RegionOptions with_defaults(RegionOptions options) {
 
 Metadata metadata_from(const EnvelopeMeta& meta) {
   Metadata out;
-  out.created_at = from_ns(meta.created_at_ns);
-  if (meta.expires_at_ns) out.expires_at = from_ns(*meta.expires_at_ns);
+  out.created_at = wall_time(meta.created_at_ns);
+  out.sequence = meta.sequence;
+  if (meta.expires_at_ns) out.expires_at = wall_time(*meta.expires_at_ns);
   out.type_tag = meta.type_tag;
   out.schema_version = meta.schema_version;
   out.codec = meta.codec;
@@ -300,9 +295,10 @@ std::optional<std::string_view> Region::full_key_for(std::string_view stored_key
   return std::nullopt;
 }
 
-EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl) const {
+EnvelopeMeta Region::new_meta(const std::optional<Duration>& ttl, std::int64_t sequence) const {
   EnvelopeMeta meta;
-  meta.created_at_ns = to_ns(options_.clock->now());
+  meta.created_at_ns = wall_ns(options_.clock->now());
+  meta.sequence = sequence;
   if (ttl) {
     // A ttl too long to add never expires: the latest time there is (the
     // earliest for a negative one, already expired).
@@ -428,10 +424,9 @@ Region::State Region::judge(const EnvelopeMeta& meta, const GetOptions& call) co
   // Hard invalidation makes an entry missing even when expiry is ignored;
   // soft invalidation is a kind of expiry.
   const InvalidationStrategy& stamps = *options_.invalidation;
-  const WallTime created_at = from_ns(meta.created_at_ns);
-  if (stamps.is_hard_invalidated(created_at)) return State::kMissing;
+  if (stamps.is_hard_invalidated(meta.sequence)) return State::kMissing;
   if (call.ignore_expiration) return State::kFresh;
-  const std::int64_t now = to_ns(options_.clock->now());
+  const std::int64_t now = wall_ns(options_.clock->now());
   const bool from_future =
       saturating_sub(meta.created_at_ns, now) >
       std::chrono::nanoseconds(options_.future_tolerance).count();
@@ -447,7 +442,7 @@ Region::State Region::judge(const EnvelopeMeta& meta, const GetOptions& call) co
                                                                    : options_.expiration_time) {
     expired = saturating_sub(now, meta.created_at_ns) >= region_expiration->count();
   }
-  const bool stale = from_future || expired || stamps.is_soft_invalidated(created_at);
+  const bool stale = from_future || expired || stamps.is_soft_invalidated(meta.sequence);
   return stale ? State::kStale : State::kFresh;
 }
 
@@ -529,7 +524,7 @@ void Region::note_undecodable(std::string_view stored_key) {
 
 void Region::invalidate(bool hard) {
   if (!options_.invalidation) require_configured();  // the default stamps are the backend's
-  throw_if_error(options_.invalidation->invalidate(hard, options_.clock->now()));
+  throw_if_error(options_.invalidation->invalidate(hard));
 }
 
 std::optional<Metadata> Region::get_value_metadata(std::string_view key) {

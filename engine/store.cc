@@ -21,6 +21,7 @@
 #include "dogpile/cache_dir.h"
 #include "dogpile/clock.h"
 #include "dogpile/error.h"
+#include "time_math.h"
 #include "unique_fd.h"
 
 namespace dogpile {
@@ -82,43 +83,6 @@ bool starts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.substr(0, prefix.size()) == prefix;
 }
 
-// Why decode_envelope refused `envelope`, in the order it checks.
-std::string envelope_problem(std::string_view envelope, DecodeStatus status) {
-  const std::size_t minimum = kEnvelopeHeaderSize + kEnvelopeTrailerSize;
-  if (envelope.size() < minimum) {
-    return "truncated: " + std::to_string(envelope.size()) + " bytes, less than the " +
-           std::to_string(minimum) + " of an envelope's header and checksum";
-  }
-  if (load_le32(envelope.data()) != kEnvelopeMagic) return "not an envelope (bad magic)";
-  const auto version = static_cast<unsigned char>(envelope[4]);
-  if (status == DecodeStatus::kOtherVersion || version != kEnvelopeFormatVersion) {
-    return "envelope format version " + std::to_string(version) +
-           ", which this build does not read";
-  }
-  if (status == DecodeStatus::kTooLarge) return "payload larger than this build can hold";
-  const std::uint16_t flags = static_cast<std::uint16_t>(
-      static_cast<unsigned char>(envelope[6]) | (static_cast<unsigned char>(envelope[7]) << 8));
-  const std::uint32_t key_length = load_le32(envelope.data() + 20);
-  const std::uint64_t expires_at = load_le64(envelope.data() + 32);
-  const std::uint64_t payload_length = load_le64(envelope.data() + 40);
-  if ((flags & ~0x3u) != 0 || ((flags & 0x1u) == 0 && expires_at != 0) ||
-      ((flags & 0x2u) != 0) != (key_length != 0)) {
-    return "bad envelope flags";
-  }
-  const std::size_t room = envelope.size() - minimum;
-  if (key_length > room || payload_length != room - key_length) {
-    return "envelope lengths do not match its " + std::to_string(envelope.size()) +
-           " bytes (truncated or overwritten)";
-  }
-  const auto codec = static_cast<unsigned char>(envelope[5]);
-  if (codec > static_cast<unsigned char>(CodecId::kJson)) {
-    // The checksum is checked first; a bad codec with a good checksum is
-    // rare enough to name both.
-    return "bad checksum or unknown codec id " + std::to_string(codec);
-  }
-  return "bad checksum";
-}
-
 // Describes one entry record of `region` stored under `stored_key`. On
 // return `envelope` views the record's envelope and, when info.valid,
 // `view` is its decoded form; both point into `record`. Returns whether
@@ -148,7 +112,7 @@ bool describe_entry(std::string_view region, std::string_view stored_key, std::s
   const DecodeStatus status = decode_envelope(envelope, kAnyValueSize, view);
   if (status != DecodeStatus::kOk) {
     info.key = fallback_key(envelope);
-    info.problem = envelope_problem(envelope, status);
+    info.problem = describe_decode_failure(envelope, status);
     return key_known;
   }
   const char tag = stored_key.empty() ? '\0' : stored_key.front();
@@ -673,7 +637,7 @@ Status Store::Impl::invalidate(std::string_view region, bool hard) {
       !s) {
     return s;
   }
-  return stamps->invalidate(hard, system_clock()->now());
+  return stamps->invalidate(hard);
 }
 
 Status Store::Impl::verify(const Progress& progress, VerifyReport& out) {

@@ -14,10 +14,21 @@
 #include <limits>
 #include <optional>
 
+#include "dogpile/clock.h"
+
 namespace dogpile::internal {
 
 inline constexpr std::int64_t kMaxNs = std::numeric_limits<std::int64_t>::max();
 inline constexpr std::int64_t kMinNs = std::numeric_limits<std::int64_t>::min();
+
+// A wall-clock time as nanoseconds since the epoch, the unit of every stored
+// time, and back.
+inline std::int64_t wall_ns(WallTime t) noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+inline WallTime wall_time(std::int64_t ns) noexcept {
+  return WallTime(std::chrono::duration_cast<WallTime::duration>(std::chrono::nanoseconds(ns)));
+}
 
 // a + b, clamped to the int64 range.
 constexpr std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {

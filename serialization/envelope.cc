@@ -24,7 +24,8 @@ constexpr std::size_t kSchemaOffset = 16;
 constexpr std::size_t kKeyLengthOffset = 20;
 constexpr std::size_t kCreatedOffset = 24;
 constexpr std::size_t kExpiresOffset = 32;
-constexpr std::size_t kPayloadLengthOffset = 40;
+constexpr std::size_t kSequenceOffset = 40;
+constexpr std::size_t kPayloadLengthOffset = 48;
 static_assert(kPayloadLengthOffset + 8 == kEnvelopeHeaderSize);
 
 constexpr std::uint16_t kFlagExpires = 1u << 0;
@@ -122,6 +123,7 @@ std::size_t begin_envelope(std::string& out, const EnvelopeMeta& meta,
   append_le<std::uint32_t>(out, key_length);
   append_le<std::uint64_t>(out, static_cast<std::uint64_t>(meta.created_at_ns));
   append_le<std::uint64_t>(out, static_cast<std::uint64_t>(meta.expires_at_ns.value_or(0)));
+  append_le<std::uint64_t>(out, static_cast<std::uint64_t>(meta.sequence));
   append_le<std::uint64_t>(out, 0);  // payload length, patched by finish_envelope
   if (full_key) out.append(*full_key);
   return out.size();
@@ -206,6 +208,7 @@ DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
   out.meta.schema_version = load_le<std::uint32_t>(data + kSchemaOffset);
   out.meta.codec = static_cast<CodecId>(codec);
   out.meta.created_at_ns = static_cast<std::int64_t>(load_le<std::uint64_t>(data + kCreatedOffset));
+  out.meta.sequence = static_cast<std::int64_t>(load_le<std::uint64_t>(data + kSequenceOffset));
   if ((flags & kFlagExpires) != 0) {
     out.meta.expires_at_ns = static_cast<std::int64_t>(expires_at);
   } else {
@@ -218,6 +221,43 @@ DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
   }
   out.payload = bytes.substr(kEnvelopeHeaderSize + key_length, payload_length);
   return DecodeStatus::kOk;
+}
+
+std::string describe_decode_failure(std::string_view bytes, DecodeStatus status) {
+  if (bytes.size() < kMinEnvelopeSize) {
+    return "truncated: " + std::to_string(bytes.size()) + " bytes, less than the " +
+           std::to_string(kMinEnvelopeSize) + " of an envelope's header and checksum";
+  }
+  const char* const data = bytes.data();
+  if (load_le<std::uint32_t>(data + kMagicOffset) != kEnvelopeMagic) {
+    return "not an envelope (bad magic)";
+  }
+  const auto version = static_cast<std::uint8_t>(data[kVersionOffset]);
+  if (status == DecodeStatus::kOtherVersion || version != kEnvelopeFormatVersion) {
+    return "envelope format version " + std::to_string(version) +
+           ", which this build does not read";
+  }
+  if (status == DecodeStatus::kTooLarge) return "payload larger than this build can hold";
+  const std::uint16_t flags = load_le<std::uint16_t>(data + kFlagsOffset);
+  const std::uint64_t key_length = load_le<std::uint32_t>(data + kKeyLengthOffset);
+  const std::uint64_t expires_at = load_le<std::uint64_t>(data + kExpiresOffset);
+  const std::uint64_t payload_length = load_le<std::uint64_t>(data + kPayloadLengthOffset);
+  if ((flags & ~kKnownFlags) != 0 || ((flags & kFlagExpires) == 0 && expires_at != 0) ||
+      ((flags & kFlagFullKey) != 0) != (key_length != 0)) {
+    return "bad envelope flags";
+  }
+  const std::size_t room = bytes.size() - kMinEnvelopeSize;
+  if (key_length > room || payload_length != room - key_length) {
+    return "envelope lengths do not match its " + std::to_string(bytes.size()) +
+           " bytes (truncated or overwritten)";
+  }
+  const auto codec = static_cast<std::uint8_t>(data[kCodecOffset]);
+  if (codec > kHighestCodecId) {
+    // The checksum is checked first; a bad codec with a good checksum is
+    // rare enough to name both.
+    return "bad checksum or unknown codec id " + std::to_string(codec);
+  }
+  return "bad checksum";
 }
 
 }  // namespace dogpile

@@ -104,6 +104,7 @@ EnvelopeMeta sample_meta() {
   meta.codec = CodecId::kPortableBinary;
   meta.created_at_ns = 1'700'000'000'123'456'789LL;
   meta.expires_at_ns = 1'700'000'060'000'000'000LL;
+  meta.sequence = 0x0A0B0C0D0E0F1011LL;
   return meta;
 }
 
@@ -149,7 +150,7 @@ TEST_CASE("header fields sit at their documented offsets, little-endian") {
   const std::string bytes = dogpile::encode_envelope(meta, std::string_view("KEY"), "payload");
 
   std::string expected = "DGPL";
-  expected += '\x01';                           // format version
+  expected += '\x02';                           // format version
   expected += '\x02';                           // codec: portable_binary
   expected += le_bytes(0x0003, 2);              // flags: expires_at + full key
   expected += le_bytes(0x1122334455667788, 8);  // type tag
@@ -157,6 +158,7 @@ TEST_CASE("header fields sit at their documented offsets, little-endian") {
   expected += le_bytes(3, 4);                   // full key length
   expected += le_bytes(0xFFFFFFFFFFFFFFFE, 8);  // created_at = -2
   expected += le_bytes(0x0102030405060708, 8);  // expires_at
+  expected += le_bytes(0x0A0B0C0D0E0F1011, 8);  // sequence
   expected += le_bytes(7, 8);                   // payload length
   REQUIRE(expected.size() == dogpile::kEnvelopeHeaderSize);
   expected += "KEY";
@@ -208,6 +210,7 @@ TEST_CASE("envelopes round-trip every header field") {
       CHECK(view.meta.schema_version == meta.schema_version);
       CHECK(view.meta.codec == codec);
       CHECK(view.meta.created_at_ns == meta.created_at_ns);
+      CHECK(view.meta.sequence == meta.sequence);
       CHECK(view.meta.expires_at_ns == c.expires);
       CHECK(view.full_key == key);
       CHECK(view.payload == c.payload);
@@ -282,7 +285,7 @@ TEST_CASE("decode_envelope reports each kind of damage") {
 
   SECTION("too short to be an envelope") {
     CHECK(decode("") == DecodeStatus::kCorrupt);
-    CHECK(decode(std::string(55, '\0')) == DecodeStatus::kCorrupt);
+    CHECK(decode(std::string(63, '\0')) == DecodeStatus::kCorrupt);
   }
   SECTION("bad magic") {
     std::string bytes = valid;
@@ -291,7 +294,7 @@ TEST_CASE("decode_envelope reports each kind of damage") {
     CHECK(decode(bytes) == DecodeStatus::kCorrupt);
   }
   SECTION("another format version, checked before the checksum") {
-    for (const int version : {0, 2, 255}) {
+    for (const int version : {0, 1, 3, 255}) {
       CAPTURE(version);
       std::string bytes = valid;
       bytes[4] = static_cast<char>(version);
@@ -387,7 +390,7 @@ TEST_CASE("hostile length fields are caught without allocating, even with a vali
       for (const std::size_t limit : {kNoLimit, std::size_t{1} << 20}) {
         CAPTURE(length, limit);
         std::string bytes = valid;
-        put_u64(bytes, 40, length);
+        put_u64(bytes, 48, length);
         reseal(bytes);
         EnvelopeView view;
         const CountedDecode result = counted_decode(bytes, limit, view);
@@ -419,8 +422,8 @@ TEST_CASE("hostile length fields are caught without allocating, even with a vali
       CAPTURE(key_length);
       std::string bytes = valid;
       put_u32(bytes, 20, key_length);
-      // 48 + key_length + payload_length + 8 == size (mod 2^64).
-      put_u64(bytes, 40, static_cast<std::uint64_t>(room) - key_length);
+      // 56 + key_length + payload_length + 8 == size (mod 2^64).
+      put_u64(bytes, 48, static_cast<std::uint64_t>(room) - key_length);
       reseal(bytes);
       EnvelopeView view;
       const CountedDecode result = counted_decode(bytes, kNoLimit, view);
@@ -431,7 +434,7 @@ TEST_CASE("hostile length fields are caught without allocating, even with a vali
   SECTION("both lengths at their maxima") {
     std::string bytes = valid;
     put_u32(bytes, 20, kMax32);
-    put_u64(bytes, 40, kMax64);
+    put_u64(bytes, 48, kMax64);
     reseal(bytes);
     EnvelopeView view;
     const CountedDecode result = counted_decode(bytes, kNoLimit, view);
@@ -549,7 +552,7 @@ TEST_CASE("peek_envelope_expiry reads expires_at from the header alone") {
   bad_magic[0] ^= 1;
   CHECK_FALSE(dogpile::peek_envelope_expiry(bad_magic));
   std::string other_version = bytes;
-  other_version[4] = 2;
+  other_version[4] = 1;  // the previous layout: its expiry sits elsewhere
   CHECK_FALSE(dogpile::peek_envelope_expiry(other_version));
   std::string unknown_flag = bytes;
   unknown_flag[6] |= 0x4;

@@ -46,30 +46,33 @@ struct Fixture {
 // A strategy that records what the region asks and answers as told.
 class CountingStrategy final : public InvalidationStrategy {
  public:
-  Status invalidate(bool hard, WallTime at) override {
+  std::int64_t sequence() const noexcept override {
+    ++sequence_queries;
+    return next.load();
+  }
+  Status invalidate(bool hard) override {
     ++invalidations;
     last_hard = hard;
-    last_at = at;
     return Status::ok();
   }
-  bool is_hard_invalidated(WallTime created_at) const override {
+  bool is_hard_invalidated(std::int64_t sequence) const noexcept override {
     ++hard_queries;
-    last_created = created_at;
+    last_sequence = sequence;
     return hard.load();
   }
-  bool is_soft_invalidated(WallTime) const override {
+  bool is_soft_invalidated(std::int64_t) const noexcept override {
     ++soft_queries;
     return soft.load();
   }
-  bool was_hard_invalidated() const override { return hard.load(); }
-  bool was_soft_invalidated() const override { return soft.load(); }
+  bool was_hard_invalidated() const noexcept override { return hard.load(); }
+  bool was_soft_invalidated() const noexcept override { return soft.load(); }
 
   std::atomic<bool> hard{false}, soft{false};
+  std::atomic<std::int64_t> next{1000};
   std::atomic<int> invalidations{0};
-  mutable std::atomic<int> hard_queries{0}, soft_queries{0};
+  mutable std::atomic<int> hard_queries{0}, soft_queries{0}, sequence_queries{0};
   bool last_hard = false;
-  WallTime last_at{};
-  mutable WallTime last_created{};
+  mutable std::atomic<std::int64_t> last_sequence{0};
 };
 
 // ---- processes ----
@@ -160,7 +163,7 @@ std::multiset<std::uint64_t> claimed_slots(const std::string& path) {
   std::memcpy(&slot_count, bytes.data() + 12, 4);
   CHECK(std::string(bytes.data(), 4) == "DGPS");
   CHECK(magic == StampFile::kMagic);
-  CHECK(version == 1);
+  CHECK(version == 2);
   CHECK(slot_size == 32);
   CHECK(slot_count == 2046);
   std::multiset<std::uint64_t> out;
@@ -320,30 +323,29 @@ TEST_CASE("stamps only move forward; a soft invalidation does not undo a hard on
           "[invalidation]") {
   Fixture f;
   Region region(f.options(), f.backend);
-  region.set<std::string>("t0", "a");
-  f.clock->advance(10s);
-  region.set<std::string>("t10", "b");
-  f.clock->advance(10s);
-  region.invalidate(true);  // hard at t20
-  f.clock->advance(-15s);
-  region.invalidate(true);  // hard at t5: must not lower the stamp
-  CHECK_FALSE(region.get<std::string>("t10"));
-  f.clock->advance(25s);
-  region.set<std::string>("t30", "c");
-  f.clock->advance(10s);
-  region.invalidate(false);  // soft at t40
-  CHECK_FALSE(region.get<std::string>("t0", {.ignore_expiration = true}));  // still missing
-  CHECK_FALSE(region.get_value_metadata("t10"));
-  CHECK(region.get<std::string>("t30", {.ignore_expiration = true}) == "c");  // stale
-  CHECK_FALSE(region.get<std::string>("t30"));
   const auto& strategy = *region.options().invalidation;
+  region.set<std::string>("first", "a");
+  region.set<std::string>("second", "b");
+  const std::int64_t before = strategy.sequence();
+  CHECK(region.get_value_metadata("second")->sequence == before);
+  region.invalidate(true);
+  CHECK(strategy.sequence() > before);
+  region.invalidate(true);  // a second hard invalidation changes nothing for older entries
+  CHECK_FALSE(region.get<std::string>("second"));
+  region.set<std::string>("third", "c");
+  const std::int64_t third = region.get_value_metadata("third")->sequence;
+  region.invalidate(false);
+  CHECK_FALSE(region.get<std::string>("first", {.ignore_expiration = true}));  // still missing
+  CHECK_FALSE(region.get_value_metadata("second"));
+  CHECK(region.get<std::string>("third", {.ignore_expiration = true}) == "c");  // stale
+  CHECK_FALSE(region.get<std::string>("third"));
   CHECK(strategy.was_hard_invalidated());
   CHECK(strategy.was_soft_invalidated());
-  const WallTime t30 = f.clock->now() - 10s;
-  CHECK(strategy.is_soft_invalidated(t30));
-  CHECK_FALSE(strategy.is_hard_invalidated(t30));
-  CHECK(strategy.is_invalidated(t30));
-  CHECK_FALSE(strategy.is_invalidated(f.clock->now()));
+  CHECK(strategy.is_soft_invalidated(third));
+  CHECK_FALSE(strategy.is_hard_invalidated(third));
+  CHECK(strategy.is_invalidated(third));
+  CHECK(strategy.is_hard_invalidated(before));
+  CHECK_FALSE(strategy.is_invalidated(strategy.sequence()));
 }
 
 TEST_CASE("a user strategy is consulted on every read and receives invalidate()",
@@ -357,18 +359,19 @@ TEST_CASE("a user strategy is consulted on every read and receives invalidate()"
   CHECK(region.options().invalidation == counting);
   CHECK(plain.options().invalidation == f.backend->invalidation_strategy());
 
+  counting->next = 4242;
   region.set<std::string>("k", "v");
-  const WallTime created = f.clock->now();
+  counting->next = 5000;
+  CHECK(counting->sequence_queries == 1);
   CHECK(region.get<std::string>("k") == "v");
   CHECK(counting->hard_queries >= 1);
   CHECK(counting->soft_queries >= 1);
-  CHECK(counting->last_created == created);
+  CHECK(counting->last_sequence == 4242);  // what the entry recorded, not the time
+  CHECK(region.get_value_metadata("k")->sequence == 4242);
 
-  f.clock->advance(3s);
   region.invalidate(false);
   CHECK(counting->invalidations == 1);
   CHECK_FALSE(counting->last_hard);
-  CHECK(counting->last_at == f.clock->now());
 
   counting->soft = true;
   CHECK_FALSE(region.get<std::string>("k"));
@@ -405,7 +408,6 @@ TEST_CASE("lmdb: two regions of one directory are invalidated independently",
   Region b = lmdb_region(dir.path(), "b");
   a.set<std::string>("k", "a");
   b.set<std::string>("k", "b");
-  std::this_thread::sleep_for(1ms);  // a later wall-clock nanosecond, not a timing check
   a.invalidate(true);
   CHECK_FALSE(a.get<std::string>("k"));
   CHECK(b.get<std::string>("k") == "b");
@@ -472,7 +474,6 @@ TEST_CASE("lmdb: a forked child invalidates through the region it inherited",
   CHECK(region.get<std::string>("k") == "v");
   const pid_t child = fork_child([&] {
     if (region.get<std::string>("k") != "v") return 10;
-    std::this_thread::sleep_for(1ms);
     region.invalidate(true);
     return region.get<std::string>("k") ? 11 : 0;
   });
@@ -490,10 +491,8 @@ TEST_CASE("lmdb: invalidation survives a restart", "[invalidation][lmdb][multipr
     Region soft = lmdb_region(dir.path(), "soft");
     hard.set<std::string>("old", "x");
     soft.set<std::string>("old", "x");
-    std::this_thread::sleep_for(1ms);
     hard.invalidate(true);
     soft.invalidate(false);
-    std::this_thread::sleep_for(1ms);
     hard.set<std::string>("new", "y");
     soft.set<std::string>("new", "y");
     return 0;
@@ -512,15 +511,17 @@ TEST_CASE("lmdb: invalidation survives a restart", "[invalidation][lmdb][multipr
   CHECK(reap(second) == 0);
 }
 
-TEST_CASE("lmdb: 8 processes invalidating at once leave a valid file with the newest stamps",
+TEST_CASE("lmdb: 8 processes invalidating at once draw distinct stamps from one sequence",
           "[invalidation][lmdb][multiprocess]") {
   TempDir dir;
   constexpr int kProcesses = 8;
   constexpr int kRegions = 16;
-  const WallTime base = std::chrono::system_clock::now();
-  const auto at = [&](int process, int region, bool hard) {
-    return base + std::chrono::microseconds(process * 1000 + region * 10 + (hard ? 1 : 0));
-  };
+  std::int64_t first = 0;
+  {
+    std::shared_ptr<StampFile> file;
+    REQUIRE(StampFile::open(dir / StampFile::kFileName, file));
+    first = file->sequence();
+  }
   int gate[2];
   REQUIRE(::pipe2(gate, O_CLOEXEC) == 0);
   std::vector<pid_t> pids;
@@ -539,8 +540,8 @@ TEST_CASE("lmdb: 8 processes invalidating at once leave a valid file with the ne
         const Status opened = internal::open_stamp_invalidation(
             dir.path(), "region-" + std::to_string(r), /*sync=*/p % 2 == 0, s);
         if (!opened) return 10;
-        if (!s->invalidate(true, at(p, r, true))) return 11;
-        if (!s->invalidate(false, at(p, r, false))) return 12;
+        if (!s->invalidate(true)) return 11;
+        if (!s->invalidate(false)) return 12;
       }
       return 0;
     }));
@@ -556,13 +557,22 @@ TEST_CASE("lmdb: 8 processes invalidating at once leave a valid file with the ne
   CHECK(claimed_slots(dir / StampFile::kFileName) == expected);  // one slot per region
   std::shared_ptr<StampFile> file;
   REQUIRE(StampFile::open(dir / StampFile::kFileName, file));
+  // Every invalidation advanced the sequence by exactly one...
+  CHECK(file->sequence() == first + 2 * kProcesses * kRegions);
+  // ...and each stamp is one of the numbers drawn, none shared by two kinds
+  // or regions.
+  std::set<std::int64_t> stamps;
   for (int r = 0; r < kRegions; ++r) {
     const std::int64_t slot = file->find(StampFile::region_hash("region-" + std::to_string(r)));
     REQUIRE(slot >= 0);
-    const auto s = static_cast<std::uint32_t>(slot);
-    CHECK(file->stamp(s, StampFile::Kind::kHard) == ns(at(kProcesses - 1, r, true)));
-    CHECK(file->stamp(s, StampFile::Kind::kSoft) == ns(at(kProcesses - 1, r, false)));
+    for (const auto kind : {StampFile::Kind::kHard, StampFile::Kind::kSoft}) {
+      const std::int64_t stamp = file->stamp(static_cast<std::uint32_t>(slot), kind);
+      CHECK(stamp > first);
+      CHECK(stamp <= file->sequence());
+      stamps.insert(stamp);
+    }
   }
+  CHECK(stamps.size() == 2 * kRegions);
 }
 
 TEST_CASE("lmdb: a symlink at the stamps file is refused, naming the path",
@@ -624,7 +634,7 @@ TEST_CASE("lmdb: a stamps file of another size, magic or version is refused; an 
     }
   }
   SECTION("another version") {
-    const std::uint32_t magic = StampFile::kMagic, version = 2;
+    const std::uint32_t magic = StampFile::kMagic, version = 3;
     std::memcpy(header.data(), &magic, 4);
     std::memcpy(header.data() + 4, &version, 4);
     write_file(stamps, header);
@@ -633,9 +643,79 @@ TEST_CASE("lmdb: a stamps file of another size, magic or version is refused; an 
       FAIL("accepted");
     } catch (const Error& e) {
       CHECK(e.code() == StatusCode::kNotSupported);
-      CHECK(std::string(e.what()).find("version 2") != std::string::npos);
+      CHECK(std::string(e.what()).find("version 3") != std::string::npos);
     }
   }
+}
+
+namespace {
+
+// A stamps file of `version` with sequence `sequence` (version 2) and region
+// "shared"'s hard stamp at `hard`, laid out as docs/format.md says.
+std::string stamps_file_bytes(std::uint32_t version, std::int64_t sequence, std::int64_t hard) {
+  std::string bytes(StampFile::kFileSize, '\0');
+  const std::uint32_t header[] = {StampFile::kMagic, version, 32, 2046};
+  std::memcpy(bytes.data(), header, sizeof header);
+  if (version >= 2) std::memcpy(bytes.data() + 16, &sequence, 8);
+  const std::uint64_t hash = StampFile::region_hash("shared");
+  const std::size_t slot = 64 + (hash % 2046) * 32;
+  std::memcpy(bytes.data() + slot, &hash, 8);
+  std::memcpy(bytes.data() + slot + 8, &hard, 8);
+  return bytes;
+}
+
+std::uint32_t stamps_version(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::uint32_t header[2] = {};
+  in.read(reinterpret_cast<char*>(header), sizeof header);
+  return header[1];
+}
+
+}  // namespace
+
+TEST_CASE("lmdb: a version 1 stamps file (wall-clock stamps) is upgraded in place",
+          "[invalidation][lmdb]") {
+  TempDir dir;
+  const std::string stamps = dir / StampFile::kFileName;
+  // Written by a clock an hour fast: new entries must still be fresh.
+  const std::int64_t old_stamp = ns(std::chrono::system_clock::now() + 1h);
+  write_file(stamps, stamps_file_bytes(1, 0, old_stamp));
+  Region region = lmdb_region(dir.path());
+  CHECK(stamps_version(stamps) == 2);
+  const auto& strategy = *region.options().invalidation;
+  CHECK(strategy.was_hard_invalidated());  // the old stamp is kept
+  CHECK(strategy.sequence() >= old_stamp);
+  region.set<std::string>("k", "v");
+  CHECK(region.get<std::string>("k") == "v");
+  region.invalidate(true);
+  CHECK_FALSE(region.get<std::string>("k"));
+}
+
+TEST_CASE("lmdb: a sequence left behind a stamp (a crash between the writes) is raised at open",
+          "[invalidation][lmdb]") {
+  TempDir dir;
+  const std::string stamps = dir / StampFile::kFileName;
+  write_file(stamps, stamps_file_bytes(2, 5, 1'000'000));
+  Region region = lmdb_region(dir.path());
+  CHECK(region.options().invalidation->sequence() == 1'000'000);
+  region.set<std::string>("k", "v");
+  CHECK(region.get<std::string>("k") == "v");  // not older than the stamp
+  std::shared_ptr<StampFile> file;
+  REQUIRE(StampFile::open(stamps, file));
+  CHECK(file->sequence() == 1'000'000);
+}
+
+TEST_CASE("stamps file: a new file's sequence starts at the real clock, above 0",
+          "[invalidation]") {
+  TempDir dir;
+  const std::int64_t before = ns(std::chrono::system_clock::now());
+  std::shared_ptr<StampFile> file;
+  REQUIRE(StampFile::open(dir / StampFile::kFileName, file));
+  CHECK(file->sequence() >= before);
+  CHECK(file->sequence() <= ns(std::chrono::system_clock::now()));
+  std::int64_t drawn = 0;
+  REQUIRE(file->next_sequence(/*sync=*/true, drawn));
+  CHECK(drawn == file->sequence());
 }
 
 TEST_CASE("stamps file: every slot taken is a typed error; the claimed slots still work",
@@ -663,4 +743,162 @@ TEST_CASE("stamps file: every slot taken is a typed error; the claimed slots sti
   REQUIRE(file->raise(slot, StampFile::Kind::kHard, 41, /*sync=*/false));
   CHECK(file->stamp(slot, StampFile::Kind::kHard) == 42);
   CHECK(file->stamp(slot, StampFile::Kind::kSoft) == 0);
+}
+
+// ---- order, not the wall clock (docs/design.md, rule I1) ----
+//
+// Each case fails when stamps compare wall-clock times: the clock decides
+// nothing about which entries an invalidation covers.
+
+TEST_CASE("clock stepped back after a hard invalidation: new entries are fresh",
+          "[invalidation][clock]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  region.set<std::string>("old", "x");
+  region.invalidate(true);
+  f.clock->advance(-1h);  // e.g. NTP corrects a clock that ran an hour fast
+  region.set<std::string>("k", "v");
+  CHECK(region.get<std::string>("k") == "v");
+  int calls = 0;
+  for (int i = 0; i < 5; ++i) {
+    CHECK(region.get_or_create<std::string>("made", [&] {
+      ++calls;
+      return std::string("m");
+    }) == "m");
+  }
+  CHECK(calls == 1);
+  CHECK_FALSE(region.get<std::string>("old"));
+}
+
+TEST_CASE("clock stepped back less than future_tolerance: older entries are still invalidated",
+          "[invalidation][clock]") {
+  Fixture f;
+  Region region(f.options(), f.backend);
+  region.set<std::string>("old", "x");
+  f.clock->advance(-30s);  // within the 60 s an entry may come from the future
+  region.invalidate(true);
+  CHECK_FALSE(region.get<std::string>("old"));
+  CHECK_FALSE(region.get_value_metadata("old"));
+  region.set<std::string>("soft", "y");
+  region.invalidate(false);
+  CHECK_FALSE(region.get<std::string>("soft"));
+  CHECK(region.get<std::string>("soft", {.ignore_expiration = true}) == "y");
+}
+
+TEST_CASE("invalidate() while a creator runs: its value is returned, not kept",
+          "[invalidation][threads]") {
+  const bool hard = GENERATE(true, false);
+  INFO((hard ? "hard" : "soft"));
+  Fixture f;
+  Region region(f.options(), f.backend);
+  std::promise<void> entered;
+  std::promise<void> finish;
+  std::thread creator([&] {
+    CHECK(region.get_or_create<std::string>("k", [&] {
+      entered.set_value();
+      finish.get_future().wait();
+      return std::string("from old data");
+    }) == "from old data");
+  });
+  entered.get_future().wait();
+  f.clock->advance(1s);  // the invalidation is even later by the clock
+  region.invalidate(hard);
+  finish.set_value();
+  creator.join();
+  CHECK_FALSE(region.get<std::string>("k"));
+  CHECK(region.get_or_create<std::string>("k", [] { return std::string("new"); }) == "new");
+  CHECK(region.get<std::string>("k") == "new");
+}
+
+namespace {
+
+// An lmdb region of `dir` whose clock is `clock`.
+Region lmdb_clock_region(const std::string& dir, std::shared_ptr<Clock> clock) {
+  return Region({.name = "shared", .clock = std::move(clock)}, "lmdb", {{"path", dir}});
+}
+
+// Runs `body` in a fork()ed child with a fake clock at `start` + `offset`.
+int in_child_at(WallTime start, Duration offset, const std::function<int(Region&)>& body,
+                const std::string& dir) {
+  return reap(fork_child([&] {
+    Region region = lmdb_clock_region(dir, std::make_shared<FakeClock>(start + offset));
+    return body(region);
+  }));
+}
+
+}  // namespace
+
+TEST_CASE("lmdb across processes: clock steps back after a hard invalidation",
+          "[invalidation][clock][lmdb][multiprocess]") {
+  TempDir dir;
+  const WallTime t0 = std::chrono::system_clock::now();
+  // A process whose clock runs an hour fast invalidates...
+  REQUIRE(in_child_at(t0, 1h, [](Region& r) {
+            r.set<std::string>("old", "x");
+            r.invalidate(true);
+            return 0;
+          }, dir.path()) == 0);
+  // ...then processes with the right time store and read.
+  REQUIRE(in_child_at(t0, 0s, [](Region& r) {
+            r.set<std::string>("k", "v");
+            return r.get<std::string>("k") == "v" ? 0 : 10;
+          }, dir.path()) == 0);
+  int calls = 0;
+  Region region = lmdb_clock_region(dir.path(), std::make_shared<FakeClock>(t0 + 1s));
+  CHECK(region.get<std::string>("k") == "v");
+  CHECK_FALSE(region.get<std::string>("old"));
+  for (int i = 0; i < 5; ++i) {
+    region.get_or_create<std::string>("made", [&] {
+      ++calls;
+      return std::string("m");
+    });
+  }
+  CHECK(calls == 1);
+}
+
+TEST_CASE("lmdb across processes: an invalidation by a clock 30 s behind covers older entries",
+          "[invalidation][clock][lmdb][multiprocess]") {
+  TempDir dir;
+  const WallTime t0 = std::chrono::system_clock::now();
+  REQUIRE(in_child_at(t0, 0s, [](Region& r) {
+            r.set<std::string>("old", "x");
+            return 0;
+          }, dir.path()) == 0);
+  REQUIRE(in_child_at(t0, -30s, [](Region& r) {
+            r.invalidate(true);
+            return 0;
+          }, dir.path()) == 0);
+  Region region = lmdb_clock_region(dir.path(), std::make_shared<FakeClock>(t0));
+  CHECK_FALSE(region.get<std::string>("old"));
+  CHECK_FALSE(region.get_value_metadata("old"));
+}
+
+TEST_CASE("lmdb across processes: invalidate() while another process's creator runs",
+          "[invalidation][lmdb][multiprocess]") {
+  TempDir dir;
+  const WallTime t0 = std::chrono::system_clock::now();
+  Channel ch;
+  const pid_t creator = fork_child([&] {
+    ch.in_child();
+    Region region = lmdb_clock_region(dir.path(), std::make_shared<FakeClock>(t0));
+    const std::string got = region.get_or_create<std::string>("k", [&] {
+      ch.to_parent('c');
+      char c = 0;
+      ch.from_parent(c);
+      return std::string("from old data");
+    });
+    return got == "from old data" ? 0 : 10;
+  });
+  ch.in_parent();
+  char c = 0;
+  REQUIRE(ch.from_child(c));
+  REQUIRE(in_child_at(t0, -1s, [](Region& r) {  // an earlier clock than the creator's
+            r.invalidate(true);
+            return 0;
+          }, dir.path()) == 0);
+  REQUIRE(ch.to_child('g'));
+  REQUIRE(reap(creator) == 0);
+  Region region = lmdb_clock_region(dir.path(), std::make_shared<FakeClock>(t0));
+  CHECK_FALSE(region.get<std::string>("k"));
+  CHECK_FALSE(region.get_value_metadata("k"));
 }

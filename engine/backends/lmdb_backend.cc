@@ -47,15 +47,22 @@ class ReadOnlyInvalidation final : public InvalidationStrategy {
   ReadOnlyInvalidation(std::shared_ptr<InvalidationStrategy> stamps, Status refusal)
       : stamps_(std::move(stamps)), refusal_(std::move(refusal)) {}
 
-  Status invalidate(bool, WallTime) override { return refusal_; }
-  bool is_hard_invalidated(WallTime created_at) const override {
-    return stamps_ && stamps_->is_hard_invalidated(created_at);
+  // Nothing is created through a read-only backend; the directory's number
+  // still orders what a caller might compare.
+  std::int64_t sequence() const noexcept override { return stamps_ ? stamps_->sequence() : 0; }
+  Status invalidate(bool) override { return refusal_; }
+  bool is_hard_invalidated(std::int64_t sequence) const noexcept override {
+    return stamps_ && stamps_->is_hard_invalidated(sequence);
   }
-  bool is_soft_invalidated(WallTime created_at) const override {
-    return stamps_ && stamps_->is_soft_invalidated(created_at);
+  bool is_soft_invalidated(std::int64_t sequence) const noexcept override {
+    return stamps_ && stamps_->is_soft_invalidated(sequence);
   }
-  bool was_hard_invalidated() const override { return stamps_ && stamps_->was_hard_invalidated(); }
-  bool was_soft_invalidated() const override { return stamps_ && stamps_->was_soft_invalidated(); }
+  bool was_hard_invalidated() const noexcept override {
+    return stamps_ && stamps_->was_hard_invalidated();
+  }
+  bool was_soft_invalidated() const noexcept override {
+    return stamps_ && stamps_->was_soft_invalidated();
+  }
 
  private:
   const std::shared_ptr<InvalidationStrategy> stamps_;  // may be null

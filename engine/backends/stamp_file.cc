@@ -1,4 +1,5 @@
 #include "backends/stamp_file.h"
+#include "time_math.h"
 #include "unique_fd.h"
 
 #include <fcntl.h>
@@ -30,12 +31,14 @@ constexpr std::size_t kMagicOffset = 0;
 constexpr std::size_t kVersionOffset = 4;
 constexpr std::size_t kSlotSizeOffset = 8;
 constexpr std::size_t kSlotCountOffset = 12;
+constexpr std::size_t kSequenceOffset = 16;  // version 2; reserved (0) in version 1
 // Slot fields.
 constexpr std::size_t kHashOffset = 0;
 constexpr std::size_t kHardOffset = 8;
 constexpr std::size_t kSoftOffset = 16;
 
 static_assert(StampFile::kHeaderSize % 8 == 0 && StampFile::kSlotSize % 8 == 0);
+static_assert(kSequenceOffset % 8 == 0 && kSequenceOffset + 8 <= StampFile::kHeaderSize);
 static_assert(StampFile::kHeaderSize + StampFile::kSlotCount * StampFile::kSlotSize <=
               StampFile::kFileSize);
 
@@ -89,36 +92,70 @@ Status refuse(const std::string& path, std::string why, StatusCode code = Status
   return Status::error(code, "refusing invalidation stamps file: " + std::move(why), path);
 }
 
+std::atomic_ref<std::int64_t> int64_at(std::byte* p) noexcept {
+  return std::atomic_ref<std::int64_t>(*reinterpret_cast<std::int64_t*>(p));
+}
+
+// Raises the sequence of a mapped file to at least each of its stamps (and to
+// 1): a crash between an invalidation's two writes, or a version 1 file,
+// must not leave new entries older than an old stamp. Runs under the init
+// lock; invalidations of processes that opened the file earlier may run at
+// once, which the compare-and-swap of raise_stamp allows.
+void repair_sequence(std::byte* base) noexcept {
+  std::int64_t highest = 1;
+  for (std::uint32_t slot = 0; slot < StampFile::kSlotCount; ++slot) {
+    std::byte* fields = base + StampFile::kHeaderSize + std::size_t{slot} * StampFile::kSlotSize;
+    for (std::size_t offset : {kHardOffset, kSoftOffset}) {
+      highest = std::max(highest, int64_at(fields + offset).load(std::memory_order_acquire));
+    }
+  }
+  std::atomic_ref<std::int64_t> sequence = int64_at(base + kSequenceOffset);
+  raise_stamp(sequence, highest);
+}
+
 // Checks the header of a mapped file, or writes it when the file is new
-// (all zero: just created, or its creator died before writing the header).
-// Runs under the init lock.
+// (all zero: just created, or its creator died before writing the header);
+// upgrades a version 1 file, whose stamps are wall-clock times, by starting
+// its sequence at the later of now and its highest stamp. Runs under the
+// init lock.
 Status check_or_init(const std::string& path, std::byte* base) {
   bool zero = true;
   for (std::size_t i = 0; i < StampFile::kHeaderSize && zero; ++i) zero = base[i] == std::byte{0};
+  std::atomic_ref<std::int64_t> sequence = int64_at(base + kSequenceOffset);
   if (zero) {
     std::memset(base, 0, StampFile::kFileSize);
     store_u32(base + kVersionOffset, StampFile::kVersion);
     store_u32(base + kSlotSizeOffset, static_cast<std::uint32_t>(StampFile::kSlotSize));
     store_u32(base + kSlotCountOffset, StampFile::kSlotCount);
+    sequence.store(initial_sequence(), std::memory_order_release);
     // The magic last: a header with a magic is complete.
     store_u32(base + kMagicOffset, StampFile::kMagic);
-    if (::msync(base, StampFile::kFileSize, MS_SYNC) != 0) {
-      return Status::io_error("cannot write invalidation stamps file", path, errno);
+  } else {
+    if (load_u32(base + kMagicOffset) != StampFile::kMagic) {
+      return refuse(path, "bad magic (not a dogpile stamps file)", StatusCode::kCorruption);
     }
-    return Status::ok();
+    const std::uint32_t version = load_u32(base + kVersionOffset);
+    if (version != StampFile::kVersion && version != 1) {
+      return refuse(path,
+                    "format version " + std::to_string(version) +
+                        "; this build reads versions 1 and " + std::to_string(StampFile::kVersion),
+                    StatusCode::kNotSupported);
+    }
+    if (load_u32(base + kSlotSizeOffset) != StampFile::kSlotSize ||
+        load_u32(base + kSlotCountOffset) != StampFile::kSlotCount) {
+      return refuse(path, "bad slot geometry in the header", StatusCode::kCorruption);
+    }
+    const std::int64_t before = sequence.load(std::memory_order_acquire);
+    if (version == 1) raise_stamp(sequence, initial_sequence());
+    repair_sequence(base);
+    if (version == StampFile::kVersion && sequence.load(std::memory_order_acquire) == before) {
+      return Status::ok();
+    }
+    // The version last: a version 2 header always has a sequence.
+    store_u32(base + kVersionOffset, StampFile::kVersion);
   }
-  if (load_u32(base + kMagicOffset) != StampFile::kMagic) {
-    return refuse(path, "bad magic (not a dogpile stamps file)", StatusCode::kCorruption);
-  }
-  if (const std::uint32_t v = load_u32(base + kVersionOffset); v != StampFile::kVersion) {
-    return refuse(path,
-                  "format version " + std::to_string(v) + "; this build reads version " +
-                      std::to_string(StampFile::kVersion),
-                  StatusCode::kNotSupported);
-  }
-  if (load_u32(base + kSlotSizeOffset) != StampFile::kSlotSize ||
-      load_u32(base + kSlotCountOffset) != StampFile::kSlotCount) {
-    return refuse(path, "bad slot geometry in the header", StatusCode::kCorruption);
+  if (::msync(base, StampFile::kFileSize, MS_SYNC) != 0) {
+    return Status::io_error("cannot write invalidation stamps file", path, errno);
   }
   return Status::ok();
 }
@@ -133,22 +170,30 @@ class StampFileInvalidation final : public InvalidationStrategy {
   StampFileInvalidation(std::shared_ptr<StampFile> file, std::uint64_t hash, bool sync) noexcept
       : file_(std::move(file)), hash_(hash), sync_(sync) {}
 
-  Status invalidate(bool hard, WallTime at) override {
+  std::int64_t sequence() const noexcept override { return file_->sequence(); }
+
+  Status invalidate(bool hard) override {
     std::uint32_t slot = 0;
     if (Status s = file_->claim(hash_, slot); !s) return s;
     slot_.store(slot, std::memory_order_relaxed);
-    return file_->raise(slot, hard ? StampFile::Kind::kHard : StampFile::Kind::kSoft,
-                        stamp_for(at), sync_);
+    std::int64_t stamp = 0;
+    if (Status s = file_->next_sequence(sync_, stamp); !s) return s;
+    return file_->raise(slot, hard ? StampFile::Kind::kHard : StampFile::Kind::kSoft, stamp,
+                        sync_);
   }
 
-  bool is_hard_invalidated(WallTime created_at) const override {
-    return older_than(wall_ns(created_at), stamp(StampFile::Kind::kHard));
+  bool is_hard_invalidated(std::int64_t sequence) const noexcept override {
+    return older_than(sequence, stamp(StampFile::Kind::kHard));
   }
-  bool is_soft_invalidated(WallTime created_at) const override {
-    return older_than(wall_ns(created_at), stamp(StampFile::Kind::kSoft));
+  bool is_soft_invalidated(std::int64_t sequence) const noexcept override {
+    return older_than(sequence, stamp(StampFile::Kind::kSoft));
   }
-  bool was_hard_invalidated() const override { return stamp(StampFile::Kind::kHard) != 0; }
-  bool was_soft_invalidated() const override { return stamp(StampFile::Kind::kSoft) != 0; }
+  bool was_hard_invalidated() const noexcept override {
+    return stamp(StampFile::Kind::kHard) != 0;
+  }
+  bool was_soft_invalidated() const noexcept override {
+    return stamp(StampFile::Kind::kSoft) != 0;
+  }
 
  private:
   std::int64_t stamp(StampFile::Kind kind) const noexcept {
@@ -171,13 +216,8 @@ class StampFileInvalidation final : public InvalidationStrategy {
 
 }  // namespace
 
-std::int64_t wall_ns(WallTime t) noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-}
-
-std::int64_t stamp_for(WallTime t) noexcept {
-  const std::int64_t ns = wall_ns(t);
-  return ns < 1 ? 1 : ns;
+std::int64_t initial_sequence() noexcept {
+  return std::max<std::int64_t>(1, wall_ns(std::chrono::system_clock::now()));
 }
 
 // ---- Mapping ----
@@ -309,10 +349,26 @@ std::int64_t StampFile::stamp(std::uint32_t slot, Kind kind) const noexcept {
 
 Status StampFile::raise(std::uint32_t slot, Kind kind, std::int64_t value, bool sync) {
   std::byte* field = slot_field(slot, kind == Kind::kHard ? kHardOffset : kSoftOffset);
-  std::atomic_ref<std::int64_t> stamp(*reinterpret_cast<std::int64_t*>(field));
+  std::atomic_ref<std::int64_t> stamp = int64_at(field);
   raise_stamp(stamp, value);
-  if (!sync) return Status::ok();
   // The slot (hash and stamps) lies within one page.
+  return sync ? sync_page(field) : Status::ok();
+}
+
+std::int64_t* StampFile::sequence_field() const noexcept {
+  return reinterpret_cast<std::int64_t*>(mapping_.data() + kSequenceOffset);
+}
+
+std::int64_t StampFile::sequence() const noexcept {
+  return std::atomic_ref<std::int64_t>(*sequence_field()).load(std::memory_order_acquire);
+}
+
+Status StampFile::next_sequence(bool sync, std::int64_t& out) {
+  out = std::atomic_ref<std::int64_t>(*sequence_field()).fetch_add(1, std::memory_order_acq_rel) + 1;
+  return sync ? sync_page(reinterpret_cast<const std::byte*>(sequence_field())) : Status::ok();
+}
+
+Status StampFile::sync_page(const std::byte* field) {
   const std::size_t offset = static_cast<std::size_t>(field - mapping_.data());
   const std::size_t page = offset - offset % page_size();
   const std::size_t length = std::min(page_size(), kFileSize - page);

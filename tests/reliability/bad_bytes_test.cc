@@ -80,7 +80,7 @@ constexpr std::uint64_t kLies[] = {std::uint64_t{1} << 30, std::uint64_t{1} << 4
                                    std::numeric_limits<std::uint64_t>::max()};
 constexpr std::size_t kEnvelopes = 1000;
 constexpr std::size_t kBatch = 256;  // variants written in one transaction
-constexpr std::size_t kPayloadLengthOffset = 40;
+constexpr std::size_t kPayloadLengthOffset = 48;
 
 using Value = std::variant<std::string, Item, std::vector<int>>;
 

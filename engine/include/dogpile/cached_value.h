@@ -21,6 +21,7 @@ struct Metadata {
   std::uint64_t type_tag = 0;           // XXH3-64 of the registered type name
   std::uint32_t schema_version = 0;     // the type's schema version at store time
   CodecId codec = CodecId::kBinary;     // payload encoding
+  std::int64_t sequence = 0;            // invalidation order when its creation started
 };
 
 template <class T>

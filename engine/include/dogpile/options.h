@@ -96,7 +96,8 @@ struct RegionOptions {
   // Wall clock for created_at and expiry.
   // Default: system_clock().
   std::shared_ptr<Clock> clock;
-  // Keeps the stamps of Region::invalidate and judges entries by them.
+  // Keeps the invalidation sequence and the stamps of Region::invalidate, and
+  // judges entries by them.
   // Default: the backend's stored stamps (Backend::invalidation_strategy).
   std::shared_ptr<InvalidationStrategy> invalidation;
   // Receives corruption and store-error reports, at most once per key per

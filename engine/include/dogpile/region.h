@@ -142,10 +142,11 @@ class Region {
   // Removes `key`; removing an absent key does nothing. Throws on backend errors.
   void erase(std::string_view key);
 
-  // dogpile.cache's invalidate(hard=True): every entry created before now
-  // (the region's clock) becomes missing (hard) or stale (soft: get_or_create
+  // dogpile.cache's invalidate(hard=True): every entry whose creation started
+  // before this call becomes missing (hard) or stale (soft: get_or_create
   // regenerates it once while other callers are served the old value; no
-  // expiration_time is needed). Recorded by options().invalidation, by default
+  // expiration_time is needed). Decided by order, not by any clock
+  // (docs/design.md, rule I1). Recorded by options().invalidation, by default
   // the backend's stamps: for lmdb, every process sharing the directory sees
   // it at its next read, and it survives restarts. Throws when the stamps
   // cannot be stored.
@@ -253,7 +254,11 @@ class Region {
   // Counts and reports such an entry as corrupt, a miss: a region with
   // this limit never stores one.
   void note_too_large(std::string_view stored_key, std::size_t bytes);
-  EnvelopeMeta new_meta(const std::optional<Duration>& ttl) const;
+  // Metadata of a value stored now whose creation started at `sequence`.
+  EnvelopeMeta new_meta(const std::optional<Duration>& ttl, std::int64_t sequence) const;
+  // What a creation starting now records in its entry: the invalidation
+  // order, read before the creator runs (docs/design.md, rule I1).
+  std::int64_t creation_sequence() const noexcept { return options_.invalidation->sequence(); }
   std::optional<std::string_view> full_key_for(std::string_view stored_key) const;
   Status store(std::string_view stored_key, const std::string& envelope);
   void report(LogLevel level, std::string_view stored_key, const std::string& message);
@@ -314,16 +319,18 @@ class Region {
   template <class T>
   std::vector<State> lookup_multi(const std::vector<std::string>& stored_keys,
                                   const GetOptions& call, std::vector<std::optional<T>>& values);
-  // Encodes `value` into `envelope`; a value the codec cannot carry, or one
-  // over max_value_size, is an error naming the key (never stored).
+  // Encodes `value`, whose creation started at `sequence`, into `envelope`;
+  // a value the codec cannot carry, or one over max_value_size, is an error
+  // naming the key (never stored).
   template <class T>
   Status encode_entry(std::string_view stored_key, const T& value,
-                      const std::optional<Duration>& ttl, std::string& envelope);
+                      const std::optional<Duration>& ttl, std::int64_t sequence,
+                      std::string& envelope);
   Status check_encoded_size(std::string_view stored_key, const std::string& envelope) const;
   Status encode_failure(std::string_view stored_key, const char* what) const;
   template <class T>
   Status encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
-                     const std::optional<Duration>& ttl);
+                     const std::optional<Duration>& ttl, std::int64_t sequence);
 
   // Reads `stored_key` as a T; fills `value` (and `meta`) for fresh and stale entries.
   template <class T>
@@ -506,9 +513,11 @@ std::vector<Region::State> Region::lookup_multi(const std::vector<std::string>& 
 
 template <class T>
 Status Region::encode_entry(std::string_view stored_key, const T& value,
-                            const std::optional<Duration>& ttl, std::string& envelope) {
+                            const std::optional<Duration>& ttl, std::int64_t sequence,
+                            std::string& envelope) {
   try {
-    encode_value(options_.codec, value, new_meta(ttl), full_key_for(stored_key), envelope);
+    encode_value(options_.codec, value, new_meta(ttl, sequence), full_key_for(stored_key),
+                 envelope);
   } catch (const std::exception& e) {
     return encode_failure(stored_key, e.what());
   }
@@ -517,9 +526,9 @@ Status Region::encode_entry(std::string_view stored_key, const T& value,
 
 template <class T>
 Status Region::encode_into(std::vector<KeyValue>& out, std::string stored_key, const T& value,
-                           const std::optional<Duration>& ttl) {
+                           const std::optional<Duration>& ttl, std::int64_t sequence) {
   std::string envelope;
-  if (Status s = encode_entry(stored_key, value, ttl, envelope); !s) return s;
+  if (Status s = encode_entry(stored_key, value, ttl, sequence, envelope); !s) return s;
   out.emplace_back(std::move(stored_key), std::move(envelope));
   return Status::ok();
 }
@@ -560,7 +569,9 @@ void Region::set(std::string_view key, const T& value, const SetOptions& options
   std::string storage;
   const std::string_view stored_key = mangle(key, storage);
   std::string envelope;
-  if (Status s = encode_entry(stored_key, value, options.ttl, envelope); !s) throw Error(s);
+  if (Status s = encode_entry(stored_key, value, options.ttl, creation_sequence(), envelope); !s) {
+    throw Error(s);
+  }
   throw_if_error(store(stored_key, envelope));
 }
 
@@ -619,11 +630,15 @@ T Region::create_and_store(std::string_view stored_key, Creator& creator,
                            const CreateOptions<T>& call, std::optional<T> stale,
                            CreationMutex* key_lock) {
   std::optional<T> created;
+  std::int64_t sequence = 0;
   {
     CreationSlot slot;
     if (std::optional<T> instead = enter_creation<T>(stored_key, call, stale, key_lock, slot)) {
       return std::move(*instead);
     }
+    // Before the creator reads anything: an invalidation from here on
+    // covers the value it makes.
+    sequence = creation_sequence();
     try {
       const CreatorScope in_creator(stored_key);
       created.emplace(creator());
@@ -647,7 +662,7 @@ T Region::create_and_store(std::string_view stored_key, Creator& creator,
   if (call.should_cache && !call.should_cache(value)) return std::move(value);
   // The creator's value is returned even when it cannot be stored (spec §6).
   std::string envelope;
-  Status s = encode_entry(stored_key, value, call.ttl, envelope);
+  Status s = encode_entry(stored_key, value, call.ttl, sequence, envelope);
   if (!s) {
     counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
   } else {
@@ -763,8 +778,11 @@ void Region::set_multi(std::span<const std::pair<std::string, T>> items,
   OperationScope operation(*this);
   std::vector<KeyValue> encoded;
   encoded.reserve(items.size());
+  const std::int64_t sequence = creation_sequence();
   for (const auto& [key, value] : items) {
-    if (Status s = encode_into(encoded, mangle(key), value, options.ttl); !s) throw Error(s);
+    if (Status s = encode_into(encoded, mangle(key), value, options.ttl, sequence); !s) {
+      throw Error(s);
+    }
   }
   store_multi(encoded, /*throw_on_error=*/true);
 }
@@ -897,6 +915,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     to_create.clear();
   }
   std::vector<T> created;
+  const std::int64_t sequence = creation_sequence();  // before the creator reads anything
   if (!to_create.empty()) {
     try {
       const CreatorScope in_creator(stored[created_slots.front()->indices.front()]);
@@ -930,7 +949,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     for (std::size_t j = 0; j < created.size(); ++j) {
       if (options.should_cache && !options.should_cache(created[j])) continue;
       const std::string& stored_key = stored[created_slots[j]->indices.front()];
-      if (Status s = encode_into(encoded, stored_key, created[j], options.ttl); !s) {
+      if (Status s = encode_into(encoded, stored_key, created[j], options.ttl, sequence); !s) {
         counters_.store_errors.fetch_add(1, std::memory_order_relaxed);
         report(LogLevel::kError, stored_key, "value not stored: " + s.to_string());
       }

@@ -1,10 +1,10 @@
 // Envelope: the self-describing byte form of one cached value.
 //
-// Every stored value is one envelope: a fixed 48-byte little-endian header
+// Every stored value is one envelope: a fixed 56-byte little-endian header
 // (magic, format version, codec, flags, type tag, schema version, key length,
-// created_at, expires_at, payload length), the full key when the stored key
-// was shortened, the payload, and an XXH3-64 checksum over everything before
-// it. docs/format.md gives the byte offsets. The header can be read without
+// created_at, expires_at, sequence, payload length), the full key when the
+// stored key was shortened, the payload, and an XXH3-64 checksum over
+// everything before it. docs/format.md gives the byte offsets. The header can be read without
 // knowing the payload's C++ type, which is what the CLI does.
 //
 // decode_envelope never trusts a length: every size is checked against the
@@ -35,8 +35,8 @@ std::string_view codec_name(CodecId codec) noexcept;
 std::optional<CodecId> codec_from_name(std::string_view name) noexcept;
 
 inline constexpr std::uint32_t kEnvelopeMagic = 0x4C504744;  // "DGPL" on disk
-inline constexpr std::uint8_t kEnvelopeFormatVersion = 1;
-inline constexpr std::size_t kEnvelopeHeaderSize = 48;
+inline constexpr std::uint8_t kEnvelopeFormatVersion = 2;
+inline constexpr std::size_t kEnvelopeHeaderSize = 56;
 inline constexpr std::size_t kEnvelopeTrailerSize = 8;
 // Keys longer than this are stored under a hash; the envelope then holds the
 // full key so a reader can confirm it. LMDB's key limit is 511 bytes and the
@@ -50,6 +50,9 @@ struct EnvelopeMeta {
   CodecId codec = CodecId::kBinary;           // how the payload is encoded
   std::int64_t created_at_ns = 0;             // wall clock, ns since the Unix epoch
   std::optional<std::int64_t> expires_at_ns;  // per-entry expiry, same clock
+  // The store's invalidation order when the value's creation started
+  // (InvalidationStrategy::sequence); invalidations compare it, not times.
+  std::int64_t sequence = 0;
 };
 
 // A decoded envelope; its views point into the bytes given to decode_envelope.
@@ -82,6 +85,11 @@ std::string encode_envelope(const EnvelopeMeta& meta, std::optional<std::string_
 // `out` is unspecified and must not be used.
 DecodeStatus decode_envelope(std::string_view bytes, std::size_t max_value_size,
                              EnvelopeView& out) noexcept;
+
+// Why decode_envelope answered `status` (not kOk) for `bytes`, in words for
+// a person: the first check that failed, in the order decode_envelope makes
+// them.
+std::string describe_decode_failure(std::string_view bytes, DecodeStatus status);
 
 // The expires_at of `bytes` read from the header alone (magic, version and
 // flags checked; lengths and checksum not), or nullopt when the bytes do not
