@@ -322,6 +322,14 @@ bool Region::too_large_to_read(std::string_view stored_key, std::size_t bytes) c
   return bytes > overhead && bytes - overhead > options_.max_value_size;
 }
 
+std::size_t Region::take_lent_bytes(std::string_view stored_key, const std::string_view* found,
+                                    std::optional<std::string>& out) const {
+  if (found == nullptr) return 0;
+  if (too_large_to_read(stored_key, found->size())) return found->size();
+  out.emplace(*found);
+  return 0;
+}
+
 void Region::note_too_large(std::string_view stored_key, std::size_t bytes) {
   counters_.corruptions.fetch_add(1, std::memory_order_relaxed);
   report(LogLevel::kError, stored_key,
@@ -344,12 +352,7 @@ void Region::read_entry(std::string_view stored_key, std::uint64_t tag, std::uin
     } read{*this, stored_key, bytes};
     const auto use = [](void* context, const std::string_view* found) {
       Read& r = *static_cast<Read*>(context);
-      if (found == nullptr) return;
-      if (r.region.too_large_to_read(r.stored_key, found->size())) {
-        r.too_large = found->size();
-        return;
-      }
-      r.bytes.emplace(*found);
+      r.too_large = r.region.take_lent_bytes(r.stored_key, found, r.bytes);
     };
     if (Status s = read_in_place(stored_key, use, &read); !s) {
       note_read_failure(stored_key, s);
@@ -462,12 +465,7 @@ void Region::read_entries(const std::vector<std::string>& stored_keys, std::uint
     } read{*this, stored_keys, bytes, too_large};
     const auto use = [](void* context, std::size_t i, const std::string_view* found) {
       Read& r = *static_cast<Read*>(context);
-      if (found == nullptr) return;
-      if (r.region.too_large_to_read(r.stored_keys[i], found->size())) {
-        r.too_large[i] = found->size();
-        return;
-      }
-      r.bytes[i].emplace(*found);
+      r.too_large[i] = r.region.take_lent_bytes(r.stored_keys[i], found, r.bytes[i]);
     };
     s = in_place_->read_multi_in_place(stored_keys, use, &read);
   } else {
@@ -661,7 +659,7 @@ Region::CreationSlot Region::try_creation_slot() {
   return CreationSlot();
 }
 
-Status Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot) {
+bool Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot) {
   // All busy: queue on the slot the key's hash picks (modulo the slot
   // count), so waiters spread over the slots.
   const auto i = static_cast<std::uint32_t>(XXH3_64bits(stored_key.data(), stored_key.size()) %
@@ -671,8 +669,17 @@ Status Region::wait_for_creation_slot(std::string_view stored_key, CreationSlot&
   if (s.is_ok()) {
     ++t_slots_held;
     slot.reset(m.release());
+    return false;
   }
-  return s;
+  if (s.code() == StatusCode::kTimedOut) {
+    counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  // The throttle is not worth failing the caller for.
+  counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
+  report(LogLevel::kWarning, stored_key,
+         "creation slot lock failed, creating without a slot: " + s.to_string());
+  return false;
 }
 
 bool Region::key_is_locked(std::string_view key) {

@@ -251,6 +251,10 @@ class Region {
   // Whether a stored entry of `bytes` bytes must carry a payload over
   // max_value_size: judged before the entry is copied.
   bool too_large_to_read(std::string_view stored_key, std::size_t bytes) const noexcept;
+  // Copies an entry a backend lends (`found`, null when absent) into `out`,
+  // unless too_large_to_read: then returns its size and copies nothing.
+  std::size_t take_lent_bytes(std::string_view stored_key, const std::string_view* found,
+                              std::optional<std::string>& out) const;
   // Counts and reports such an entry as corrupt, a miss: a region with
   // this limit never stores one.
   void note_too_large(std::string_view stored_key, std::size_t bytes);
@@ -285,9 +289,9 @@ class Region {
   bool needs_creation_slot() const noexcept;
   // A free slot at once, or empty; never blocks.
   CreationSlot try_creation_slot();
-  // Waits (up to lock_timeout) for a slot; OK with `slot` held, kTimedOut,
-  // or the lock's error.
-  Status wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot);
+  // Waits (up to lock_timeout) for a slot, counted: true when none came in
+  // time. A lock that fails is reported, and the caller creates without one.
+  bool wait_for_creation_slot(std::string_view stored_key, CreationSlot& slot);
   [[noreturn]] void throw_lock_timeout(std::string_view stored_key);
   [[noreturn]] void throw_slot_timeout(std::string_view stored_key);
 
@@ -367,6 +371,13 @@ class Region {
   std::optional<T> enter_creation(std::string_view stored_key, const CreateOptions<T>& call,
                                   std::optional<T>& stale, CreationMutex* key_lock,
                                   CreationSlot& slot);
+  // After a wait for a key's lock ended with `locked` (rule L4): the fresh
+  // value someone stored meanwhile, or `stale` when the wait ran out (or
+  // LockTimeout, per on_lock_timeout); nullopt to go on and create. A failed
+  // lock is counted and reported. `stale` takes the newest stale value read.
+  template <class T>
+  std::optional<T> after_key_wait(std::string_view stored_key, const Status& locked,
+                                  const GetOptions& call, std::optional<T>& stale);
   // Marks this thread as running a creator for `stored_key` while alive.
   class CreatorScope {
    public:
@@ -585,42 +596,43 @@ std::optional<T> Region::enter_creation(std::string_view stored_key, const Creat
   // Slot before key: let the key go while waiting, so a creator holding a
   // slot and waiting for this key (a nested creation) can finish.
   if (key_lock != nullptr) key_lock->unlock();
-  const Status waited = wait_for_creation_slot(stored_key, slot);
-  if (waited.code() == StatusCode::kTimedOut) {
-    counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
+  if (wait_for_creation_slot(stored_key, slot)) {
     if (stale) {
       counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
       return std::move(stale);  // the throttle is full: a stale value beats waiting longer
     }
     if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_slot_timeout(stored_key);
-  } else if (!waited) {
-    counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
-    report(LogLevel::kWarning, stored_key,
-           "creation slot lock failed, creating without a slot: " + waited.to_string());
   }
   if (key_lock == nullptr) return std::nullopt;
-  const Status relocked = wait_for_lock(*key_lock);
-  if (relocked.is_ok() || relocked.code() == StatusCode::kTimedOut) {
-    // Whoever held the key meanwhile has likely stored it (rule 1).
+  return after_key_wait<T>(stored_key, wait_for_lock(*key_lock), call.read_options(), stale);
+}
+
+template <class T>
+std::optional<T> Region::after_key_wait(std::string_view stored_key, const Status& locked,
+                                        const GetOptions& call, std::optional<T>& stale) {
+  if (locked.is_ok() || locked.code() == StatusCode::kTimedOut) {
+    // Re-read after every acquisition (rule L4): whoever held the lock
+    // before us has likely stored the value.
     std::optional<T> again;
-    const State now = lookup<T>(stored_key, call.read_options(), again);
+    const State now = lookup<T>(stored_key, call, again);
     if (now == State::kFresh) {
       counters_.hits.fetch_add(1, std::memory_order_relaxed);
       return again;
     }
     if (now == State::kStale) stale = std::move(again);
   }
-  if (relocked.code() == StatusCode::kTimedOut) {
+  if (locked.code() == StatusCode::kTimedOut) {
     counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
     if (stale) {
       counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
       return std::move(stale);
     }
     if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_lock_timeout(stored_key);
-  } else if (!relocked) {
+  } else if (!locked.is_ok()) {
+    // The lock itself failed (I/O error): availability wins over de-duplication.
     counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
     report(LogLevel::kWarning, stored_key,
-           "creation lock failed, creating unlocked: " + relocked.to_string());
+           "creation lock failed, creating unlocked: " + locked.to_string());
   }
   return std::nullopt;
 }
@@ -726,30 +738,8 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
     locked = wait_for_lock(*mutex);
   }
   if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
-
-  if (locked.is_ok() || locked.code() == StatusCode::kTimedOut) {
-    // Re-read after every acquisition (rule 1): whoever held the lock before
-    // us has likely stored the value.
-    std::optional<T> again;
-    const State now = lookup<T>(stored_key, call, again);
-    if (now == State::kFresh) {
-      counters_.hits.fetch_add(1, std::memory_order_relaxed);
-      return std::move(*again);
-    }
-    if (now == State::kStale) stale = std::move(again);
-  }
-  if (locked.code() == StatusCode::kTimedOut) {
-    counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
-    if (stale) {
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
-      return std::move(*stale);
-    }
-    if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_lock_timeout(stored_key);
-  } else if (!locked.is_ok()) {
-    // The lock itself failed (I/O error): availability wins over de-duplication.
-    counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
-    report(LogLevel::kWarning, stored_key,
-           "creation lock failed, creating unlocked: " + locked.to_string());
+  if (std::optional<T> instead = after_key_wait<T>(stored_key, locked, call, stale)) {
+    return std::move(*instead);
   }
   return create_and_store<T>(stored_key, creator, options, std::move(stale),
                             locked.is_ok() ? mutex.get() : nullptr);
@@ -827,16 +817,8 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
   bool slot_timed_out = false;  // a slot was needed, not had, and raise is the policy
   if (!slots.empty() && needs_creation_slot()) {
     creation_slot = try_creation_slot();
-    if (!creation_slot) {
-      const Status waited = wait_for_creation_slot(slots.begin()->first, creation_slot);
-      if (waited.code() == StatusCode::kTimedOut) {
-        counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
-        slot_timed_out = options_.on_lock_timeout == LockTimeoutPolicy::kRaise;
-      } else if (!waited) {
-        counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
-        report(LogLevel::kWarning, slots.begin()->first,
-               "creation slot lock failed, creating without a slot: " + waited.to_string());
-      }
+    if (!creation_slot && wait_for_creation_slot(slots.begin()->first, creation_slot)) {
+      slot_timed_out = options_.on_lock_timeout == LockTimeoutPolicy::kRaise;
     }
   }
 
