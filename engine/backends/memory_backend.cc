@@ -2,9 +2,13 @@
 
 #include "keyed_mutex.h"
 
+#include <pthread.h>
+
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace dogpile {
 namespace {
@@ -17,8 +21,46 @@ struct StringHash {
   }
 };
 
+class MemoryBackend;
+
+// fork() while another thread writes would leave the child a table half
+// changed, under a lock that no thread of the child can release (rule F1).
+// So every memory backend of the process is locked around fork(): the
+// child gets each table whole and its lock free, and keeps the entries, as
+// a fork()ed copy of a dict would. Lock order: the registry, then each
+// backend's lock; an operation of a backend takes only its own.
+class ForkRegistry {
+ public:
+  static ForkRegistry& instance() {
+    static ForkRegistry* registry = new ForkRegistry;  // outlives every backend
+    return *registry;
+  }
+  void add(MemoryBackend* backend) {
+    std::lock_guard lock(mutex_);
+    live_.insert(backend);
+  }
+  void remove(MemoryBackend* backend) {
+    std::lock_guard lock(mutex_);
+    live_.erase(backend);
+  }
+
+ private:
+  ForkRegistry() { ::pthread_atfork(&prepare, &in_parent, &in_child); }
+  static void prepare() noexcept;
+  static void in_parent() noexcept;
+  static void in_child() noexcept;
+
+  std::mutex mutex_;
+  std::unordered_set<MemoryBackend*> live_;
+};
+
 class MemoryBackend final : public Backend {
  public:
+  MemoryBackend() { ForkRegistry::instance().add(this); }
+  ~MemoryBackend() override { ForkRegistry::instance().remove(this); }
+  MemoryBackend(const MemoryBackend&) = delete;
+  MemoryBackend& operator=(const MemoryBackend&) = delete;
+
   Status get(std::string_view key, std::optional<std::string>& value) override {
     std::shared_lock lock(mutex_);
     const auto it = entries_.find(key);
@@ -83,10 +125,35 @@ class MemoryBackend final : public Backend {
   }
 
  private:
+  friend class ForkRegistry;
+
   internal::KeyedMutexTable locks_;
   std::shared_mutex mutex_;
   std::unordered_map<std::string, std::string, StringHash, std::equal_to<>> entries_;
 };
+
+// Runs in the thread that calls fork(), before it: takes every lock, so no
+// other thread is inside a table when the process is copied.
+void ForkRegistry::prepare() noexcept {
+  ForkRegistry& r = instance();
+  r.mutex_.lock();
+  for (MemoryBackend* backend : r.live_) backend->mutex_.lock();
+}
+
+void ForkRegistry::in_parent() noexcept {
+  ForkRegistry& r = instance();
+  for (MemoryBackend* backend : r.live_) backend->mutex_.unlock();
+  r.mutex_.unlock();
+}
+
+// In the child the locks are made anew rather than unlocked: their state
+// still counts the parent's waiting threads, and an unlock would hand the
+// lock to one of them, a thread the child does not have.
+void ForkRegistry::in_child() noexcept {
+  ForkRegistry& r = instance();
+  for (MemoryBackend* backend : r.live_) new (&backend->mutex_) std::shared_mutex;
+  new (&r.mutex_) std::mutex;
+}
 
 // Stores nothing: a cache that is turned off.
 class NullBackend final : public Backend {

@@ -92,7 +92,7 @@ void check_region_reads(std::string_view stored_key, const EnvelopeView& view) {
     if (!same_value(got->payload, expected)) violation("region read another value");
     const Metadata& meta = got->metadata;
     if (meta.type_tag != view.meta.type_tag || meta.schema_version != view.meta.schema_version ||
-        meta.codec != view.meta.codec ||
+        meta.codec != view.meta.codec || meta.sequence != view.meta.sequence ||
         std::chrono::duration_cast<std::chrono::nanoseconds>(meta.created_at.time_since_epoch())
                 .count() != view.meta.created_at_ns ||
         meta.expires_at.has_value() != view.meta.expires_at_ns.has_value()) {

@@ -136,6 +136,7 @@ void write_envelopes(const fs::path& dir, const char* type, const std::vector<T>
       EnvelopeMeta meta;
       meta.created_at_ns = std::int64_t{1'700'000'000} * 1'000'000'000 - static_cast<std::int64_t>(i) * 1000;
       if (i % 2 == 1) meta.expires_at_ns = meta.created_at_ns + 3'600'000'000'000;
+      meta.sequence = meta.created_at_ns + static_cast<std::int64_t>(i);
       std::optional<std::string_view> full_key;
       if (i == 0) full_key = long_key;
       std::string bytes;
