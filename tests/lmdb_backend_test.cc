@@ -581,3 +581,61 @@ TEST_CASE("a reader table full of dead processes is checked and the read retried
   set(*backend, "k2", "v2");
   CHECK(get(*backend, "k2") == "v2");
 }
+
+TEST_CASE("a truncated data.mdb is a typed error naming both sizes, never a signal", "[lmdb]") {
+  TempDir dir;
+  const std::string source = dir / "source";
+  {
+    auto b = open(source);
+    for (int i = 0; i < 3000; ++i) set(*b, dogpile::test::str_cat("k", i), std::string(1000, 'v'));
+  }
+  const std::string data = source + "/data.mdb";
+  const auto full = static_cast<std::size_t>(std::filesystem::file_size(data));
+  const std::size_t page = 4096;
+  REQUIRE(full > 100 * page);
+  std::string bytes(full, '\0');
+  {
+    std::FILE* in = std::fopen(data.c_str(), "rb");
+    REQUIRE(in != nullptr);
+    REQUIRE(std::fread(bytes.data(), 1, full, in) == full);
+    std::fclose(in);
+  }
+  // Inside the two meta pages, just after them, mid-file, one page short.
+  const std::vector<std::size_t> offsets = {1,        100,      page,         page + 1,
+                                            2 * page - 1, 2 * page, 3 * page, full / 2,
+                                            full - page,  full - 1};
+  int signals = 0;
+  for (std::size_t i = 0; i < offsets.size(); ++i) {
+    const std::string copy = dir / dogpile::test::str_cat("cut", i);
+    std::filesystem::create_directory(copy);
+    std::filesystem::permissions(copy, std::filesystem::perms::owner_all);
+    {
+      std::FILE* out = std::fopen((copy + "/data.mdb").c_str(), "wb");
+      REQUIRE(out != nullptr);
+      REQUIRE(std::fwrite(bytes.data(), 1, offsets[i], out) == offsets[i]);
+      std::fclose(out);
+    }
+    const int code = in_child([&] {
+      try {
+        auto b = open(copy);
+        std::optional<std::string> value;
+        for (int k = 0; k < 3000; ++k) (void)b->get(dogpile::test::str_cat("k", k), value);
+        return 1;  // opened and read: the check missed it
+      } catch (const dogpile::Error& e) {
+        const std::string what = e.what();
+        if (e.code() != StatusCode::kCorruption) return 2;
+        if (e.path() != copy + "/data.mdb") return 3;
+        // Past the meta pages, the message gives both sizes.
+        if (offsets[i] >= 2 * page && what.find(std::to_string(offsets[i]) + " bytes") ==
+                                          std::string::npos) {
+          return 4;
+        }
+        return 0;
+      }
+    });
+    INFO("cut at " << offsets[i] << " of " << full << " bytes: child exit " << code);
+    CHECK(code == 0);
+    signals += code >= 128;
+  }
+  CHECK(signals == 0);
+}

@@ -345,6 +345,34 @@ Status LmdbEnv::choose_mode(const std::string& data_path) {
   return Status::ok();
 }
 
+namespace {
+
+// A data file shorter than its newest meta page says (a truncated copy, a
+// transfer cut short, a disk that filled during a copy) would raise SIGBUS
+// at the first read of a page past its end. The meta page is read before
+// the file's size: a writer extends the file before it commits a meta page
+// naming the new pages, so a live writer never makes a whole file look short.
+Status check_data_size(MDB_env* env, int fd, const std::string& data_path) {
+  MDB_envinfo info{};
+  MDB_stat st{};
+  mdb_env_info(env, &info);
+  mdb_env_stat(env, &st);
+  struct stat file {};
+  if (::fstat(fd, &file) != 0) return Status::io_error("cannot stat the data file", data_path, errno);
+  const std::uint64_t needed = (std::uint64_t{info.me_last_pgno} + 1) * st.ms_psize;
+  const auto size = static_cast<std::uint64_t>(file.st_size);
+  if (size >= needed) return Status::ok();
+  return Status::error(StatusCode::kCorruption,
+                       "data file is truncated: it has " + std::to_string(size) +
+                           " bytes, but its meta page says its data takes " +
+                           std::to_string(needed) +
+                           " bytes (an interrupted copy or transfer?); restore it or remove the "
+                           "cache directory",
+                       data_path);
+}
+
+}  // namespace
+
 Status LmdbEnv::open() {
   const std::string data_path = path_ + "/data.mdb";
   const std::string lock_path = path_ + "/lock.mdb";
@@ -388,6 +416,11 @@ Status LmdbEnv::open() {
   unsigned flags = MDB_NOTLS | durability_flags(options_.durability);
   if (read_only_) flags = MDB_NOTLS | MDB_RDONLY | (use_lock ? 0 : MDB_NOLOCK);
   if (const int rc = mdb_env_open(raw, path_.c_str(), flags, 0600); rc != MDB_SUCCESS) {
+    if (rc == MDB_INVALID) {
+      // Its meta pages cannot be read: cut short inside them, or not LMDB.
+      return lmdb_status(rc, "data file has no valid meta page (truncated, or not a cache)",
+                         data_path);
+    }
     return status(rc, "cannot open the LMDB environment");
   }
 
@@ -408,6 +441,7 @@ Status LmdbEnv::open() {
   MDB_envinfo info{};
   mdb_env_info(raw, &info);
   map_size_.store(info.me_mapsize, std::memory_order_release);
+  if (Status s = check_data_size(raw, fd, data_path); !s) return s;
 
   if (mdb_env_get_maxkeysize(raw) < static_cast<int>(kMaxInlineKeySize)) {
     return Status::error(StatusCode::kNotSupported,
