@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <lmdb.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -210,9 +211,8 @@ Status entries_of(LmdbEnv& env, MDB_txn* txn, MDB_dbi dbi, std::uint64_t& out) {
 
 // ---- compact helpers ----
 
-// `dest` must be missing or an empty directory; it is created 0700 when
-// missing.
-Status prepare_destination(const std::string& dest) {
+// `dest` must be missing or an empty directory.
+Status check_destination(const std::string& dest) {
   struct stat st {};
   if (::lstat(dest.c_str(), &st) == 0) {
     if (S_ISLNK(st.st_mode)) {
@@ -234,7 +234,7 @@ Status prepare_destination(const std::string& dest) {
     return Status::ok();
   }
   if (errno != ENOENT) return Status::io_error("cannot stat compact destination", dest, errno);
-  return ensure_cache_dir(dest);
+  return Status::ok();
 }
 
 // A new file, 0600, never through a symlink.
@@ -301,6 +301,88 @@ Status sync_directory(const std::string& dir) {
   return Status::ok();
 }
 
+// The files a compacted copy holds, in the staging directory and then in
+// the destination.
+constexpr const char* kCopyFiles[] = {"data.mdb", internal::StampFile::kFileName};
+
+// The staging directory of a compact into `dest`, held under an exclusive
+// flock() for as long as the copy is written: a second compact into the same
+// destination is refused, and one left by a killed compact (its lock gone
+// with its process) is cleared and used again.
+class Staging {
+ public:
+  ~Staging() {
+    if (done_ || fd_.get() < 0) return;
+    remove_files();
+    ::rmdir(path_.c_str());
+  }
+
+  Status open(const std::string& dest) {
+    path_ = Store::compact_staging_path(dest);
+    const std::string parent = std::filesystem::path(dest).parent_path().string();
+    if (Status s = ensure_cache_dir(parent); !s) return s;
+    if (::mkdir(path_.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::io_error("cannot create the compact staging directory", path_, errno);
+    }
+    fd_ = internal::UniqueFd(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (fd_.get() < 0) {
+      return Status::io_error("cannot open the compact staging directory (not a directory?)", path_,
+                              errno);
+    }
+    if (::flock(fd_.get(), LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      fd_ = internal::UniqueFd();
+      if (err == EWOULDBLOCK) {
+        return Status::error(StatusCode::kIOError,
+                             "another compact into " + dest + " is running (it holds " + path_ + ")",
+                             path_, err);
+      }
+      return Status::io_error("cannot lock the compact staging directory", path_, err);
+    }
+    struct stat st {};
+    if (::fstat(fd_.get(), &st) != 0 || st.st_uid != ::geteuid()) {
+      return Status::error(StatusCode::kInvalidArgument,
+                           "compact staging directory belongs to another user", path_);
+    }
+    // A killed compact's leftovers are ours to remove; anything else is not.
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(path_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (std::find(std::begin(kCopyFiles), std::end(kCopyFiles), name) == std::end(kCopyFiles)) {
+        return Status::error(StatusCode::kInvalidArgument,
+                             "compact staging directory holds a file compact did not write: " +
+                                 name,
+                             path_);
+      }
+    }
+    if (ec) return Status::io_error("cannot list the compact staging directory", path_, ec.value());
+    remove_files();
+    return Status::ok();
+  }
+
+  std::string file(std::string_view name) const { return path_ + "/" + std::string(name); }
+
+  // Renames the complete copy to `dest` (replacing it when it is an empty
+  // directory) and syncs the parent, so the copy appears whole or not at all.
+  Status publish(const std::string& dest) {
+    if (Status s = sync_directory(path_); !s) return s;
+    if (::rename(path_.c_str(), dest.c_str()) != 0) {
+      return Status::io_error("cannot move the compacted copy into place", dest, errno);
+    }
+    done_ = true;
+    return sync_directory(std::filesystem::path(dest).parent_path().string());
+  }
+
+ private:
+  void remove_files() noexcept {
+    for (const char* name : kCopyFiles) ::unlink(file(name).c_str());
+  }
+
+  std::string path_;
+  internal::UniqueFd fd_;
+  bool done_ = false;
+};
+
 }  // namespace
 
 // ---- Store::Impl ----
@@ -333,13 +415,58 @@ struct Store::Impl {
   Status verify(const Progress& progress, VerifyReport& out);
   Status compact(const std::string& dest);
 
+  // A region's invalidation stamps (0: never), from the directory's stamps
+  // file when there is one: inspecting never creates it.
+  Status region_stamps(std::string_view region, std::int64_t& hard, std::int64_t& soft);
+  // Sets info.invalidated from its region's stamps.
+  Status judge_invalidation(EntryInfo& info);
+
   const std::string path;
   const internal::LmdbEnvOptions env_options;
 
  private:
   std::mutex mutex_;
-  std::shared_ptr<LmdbEnv> env_;  // guarded by mutex_
+  std::shared_ptr<LmdbEnv> env_;                  // guarded by mutex_
+  std::shared_ptr<internal::StampFile> stamps_;  // guarded by mutex_; once found
 };
+
+Status Store::Impl::region_stamps(std::string_view region, std::int64_t& hard,
+                                  std::int64_t& soft) {
+  hard = soft = 0;
+  std::shared_ptr<internal::StampFile> file;
+  {
+    std::lock_guard lock(mutex_);
+    if (!stamps_) {
+      const std::string stamps_path = path + "/" + internal::StampFile::kFileName;
+      struct stat st {};
+      if (::lstat(stamps_path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return Status::ok();  // never invalidated
+        return Status::io_error("cannot stat invalidation stamps", stamps_path, errno);
+      }
+      if (Status s = internal::StampFile::open(stamps_path, stamps_); !s) return s;
+    }
+    file = stamps_;
+  }
+  const std::int64_t slot = file->find(internal::StampFile::region_hash(region));
+  if (slot < 0) return Status::ok();
+  hard = file->stamp(static_cast<std::uint32_t>(slot), internal::StampFile::Kind::kHard);
+  soft = file->stamp(static_cast<std::uint32_t>(slot), internal::StampFile::Kind::kSoft);
+  return Status::ok();
+}
+
+Status Store::Impl::judge_invalidation(EntryInfo& info) {
+  info.invalidated = Invalidated::kNo;
+  if (!info.valid) return Status::ok();
+  std::int64_t hard = 0;
+  std::int64_t soft = 0;
+  if (Status s = region_stamps(info.region, hard, soft); !s) return s;
+  if (internal::older_than(info.meta.sequence, hard)) {
+    info.invalidated = Invalidated::kHard;
+  } else if (internal::older_than(info.meta.sequence, soft)) {
+    info.invalidated = Invalidated::kSoft;
+  }
+  return Status::ok();
+}
 
 Status Store::Impl::regions(std::vector<std::string>& out) {
   std::shared_ptr<LmdbEnv> e;
@@ -395,6 +522,7 @@ Status Store::Impl::stats(StoreStats& out) {
     if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return e->status(rc, "cannot read _meta");
     for (auto& [name, u] : usage) {
       if (Status s = internal::read_usage(txn.get(), dbs, name, u.counters); !s) return s;
+      if (Status s = region_stamps(name, u.hard_stamp, u.soft_stamp); !s) return s;
       out.total.entries += u.entries;
       out.total.bytes += u.bytes;
       out.total.counters += u.counters;
@@ -480,6 +608,7 @@ Status Store::Impl::list(const ListOptions& options, std::vector<EntryInfo>& out
         if (!options.prefix.empty() && !(key_known && starts_with(info.key, options.prefix))) {
           continue;
         }
+        if (Status s = judge_invalidation(info); !s) return s;
         out.push_back(std::move(info));
       }
       if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) {
@@ -528,6 +657,7 @@ Status Store::Impl::get(std::string_view region, std::string_view key, Entry& ou
   // Another long key with the same hash: not this key's entry.
   if (info.valid && info.key != key) return Status::ok();
   info.key = std::string(key);
+  if (Status s = judge_invalidation(info); !s) return s;
   out.envelope.assign(envelope.data(), envelope.size());
   if (info.valid) {
     out.payload.assign(view.payload.data(), view.payload.size());
@@ -857,45 +987,52 @@ Status Store::Impl::compact(const std::string& dest_arg) {
   }
   std::shared_ptr<LmdbEnv> e;
   if (Status s = env(e); !s) return s;
-  if (Status s = prepare_destination(dest); !s) return s;
+  if (Status s = check_destination(dest); !s) return s;
 
-  const std::string data_dest = dest + "/data.mdb";
-  const std::string stamps_dest = dest + "/" + internal::StampFile::kFileName;
-  Status result = [&]() -> Status {
-    int raw_fd = -1;
-    if (Status s = create_file(data_dest, raw_fd); !s) return s;
-    internal::UniqueFd fd(raw_fd);
-    for (int attempt = 0;; ++attempt) {
-      int rc = MDB_SUCCESS;
-      {
-        // Holding a read transaction keeps this process from remapping
-        // (absorbing another process's growth) while the copy reads the map.
-        ReadTxn pin;
-        if (Status s = e->begin_read(pin); !s) return s;
-        rc = mdb_env_copyfd2(e->raw(), fd.get(), MDB_CP_COMPACT);
-      }
-      if (rc == MDB_SUCCESS) break;
-      // The map grew between our transaction and the copy's: the next
-      // transaction adopts the new size; start the file over.
-      if (rc != MDB_MAP_RESIZED || attempt > 0) {
-        return e->status(rc, "cannot write a compacted copy to " + data_dest);
-      }
-      if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0) {
-        return Status::io_error("cannot truncate", data_dest, errno);
-      }
+  // The copy is written in a staging directory beside `dest` and renamed
+  // into place when complete: an interrupted compact never leaves a partial
+  // data.mdb where a cache is expected.
+  Staging staging;
+  if (Status s = staging.open(dest); !s) return s;
+  const std::string data_dest = staging.file("data.mdb");
+  int raw_fd = -1;
+  if (Status s = create_file(data_dest, raw_fd); !s) return s;
+  internal::UniqueFd fd(raw_fd);
+  for (int attempt = 0;; ++attempt) {
+    int rc = MDB_SUCCESS;
+    {
+      // Holding a read transaction keeps this process from remapping
+      // (absorbing another process's growth) while the copy reads the map.
+      ReadTxn pin;
+      if (Status s = e->begin_read(pin); !s) return s;
+      rc = mdb_env_copyfd2(e->raw(), fd.get(), MDB_CP_COMPACT);
     }
-    if (Status s = sync_and_close(fd, data_dest); !s) return s;
-    if (Status s = copy_stamps(path + "/" + internal::StampFile::kFileName, stamps_dest); !s) {
-      return s;
+    if (rc == MDB_SUCCESS) break;
+    // The map grew between our transaction and the copy's: the next
+    // transaction adopts the new size; start the file over.
+    if (rc != MDB_MAP_RESIZED || attempt > 0) {
+      return e->status(rc, "cannot write a compacted copy to " + data_dest);
     }
-    return sync_directory(dest);
-  }();
-  if (!result) {
-    // Leave the destination as it was given, not half written.
-    ::unlink(data_dest.c_str());
-    ::unlink(stamps_dest.c_str());
+    if (::ftruncate(fd.get(), 0) != 0 || ::lseek(fd.get(), 0, SEEK_SET) != 0) {
+      return Status::io_error("cannot truncate", data_dest, errno);
+    }
   }
-  return result;
+  if (Status s = sync_and_close(fd, data_dest); !s) return s;
+  if (Status s = copy_stamps(path + "/" + internal::StampFile::kFileName,
+                             staging.file(internal::StampFile::kFileName));
+      !s) {
+    return s;
+  }
+  return staging.publish(dest);
+}
+
+std::string Store::compact_staging_path(const std::string& dest) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(dest, ec);
+  if (ec) p = dest;
+  p = p.lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "a/b/" is "a/b"
+  return (p.parent_path() / ("." + p.filename().string() + ".compacting")).string();
 }
 
 // ---- Store ----

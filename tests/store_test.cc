@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 
 #include <lmdb.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -711,6 +713,53 @@ TEST_CASE("compact writes a smaller copy that opens with the same entries", "[st
   CHECK_FALSE(std::filesystem::exists(busy + "/data.mdb"));
   CHECK_THROWS_AS(store.compact(busy + "/keep"), Error);
   CHECK_THROWS_AS(store.compact(dir.path()), Error);
+}
+
+TEST_CASE("compact stages its copy beside the destination and renames it into place",
+          "[store]") {
+  TempDir dir;
+  {
+    Writer w(dir.path(), "r");
+    for (int i = 0; i < 50; ++i) w.put(str_cat("k", i), "v");
+  }
+  Store store = open_store(dir.path());
+  const std::string dest = dir / "backup";
+  const std::string staging = Store::compact_staging_path(dest);
+  CHECK(staging == dir / ".backup.compacting");
+  CHECK(Store::compact_staging_path(dest + "/") == staging);
+
+  SECTION("a killed compact's partial copy is replaced") {
+    std::filesystem::create_directory(staging);
+    std::ofstream(staging + "/data.mdb") << "the first bytes of a copy that never finished";
+    store.compact(dest);
+    CHECK(open_store(dest).list().size() == 50);
+    CHECK(open_store(dest).verify().ok());
+    CHECK_FALSE(std::filesystem::exists(staging));
+  }
+  SECTION("a running compact's staging directory is not touched") {
+    std::filesystem::create_directory(staging);
+    std::ofstream(staging + "/data.mdb") << "being written";
+    const int fd = ::open(staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);  // what a running compact holds
+    try {
+      store.compact(dest);
+      FAIL("compacted while another compact held the staging directory");
+    } catch (const StoreError& e) {
+      CHECK(e.sys_errno() == EWOULDBLOCK);
+      CHECK(std::string(e.what()).find("another compact") != std::string::npos);
+    }
+    ::close(fd);
+    CHECK_FALSE(std::filesystem::exists(dest));
+    CHECK(file_size(staging + "/data.mdb") == 13);  // left to its writer
+  }
+  SECTION("a file compact did not write is never removed") {
+    std::filesystem::create_directory(staging);
+    std::ofstream(staging + "/notes.txt") << "mine";
+    CHECK_THROWS_AS(store.compact(dest), Error);
+    CHECK(std::filesystem::exists(staging + "/notes.txt"));
+    CHECK_FALSE(std::filesystem::exists(dest));
+  }
 }
 
 TEST_CASE("invalidate is seen by a region in another process", "[store][fork]") {

@@ -38,7 +38,14 @@ struct RegionUsage {
   std::uint64_t entries = 0;  // stored entries
   std::uint64_t bytes = 0;    // pages the region's entries occupy, in bytes
   UsageCounters counters;
+  // The region's invalidation stamps (Region::invalidate): entries whose
+  // sequence is below them are missing (hard) or stale (soft). 0: never.
+  std::int64_t hard_stamp = 0;
+  std::int64_t soft_stamp = 0;
 };
+
+// Whether an entry's region invalidated it after its creation started.
+enum class Invalidated { kNo, kSoft, kHard };
 
 struct StoreStats {
   std::string path;
@@ -62,6 +69,7 @@ struct EntryInfo {
   std::string problem;          // why not valid ("bad checksum", "truncated", ...)
   EnvelopeMeta meta;
   std::uint64_t payload_size = 0;
+  Invalidated invalidated = Invalidated::kNo;  // by its region's stamps (hard wins)
 };
 
 // An entry and its bytes.
@@ -157,9 +165,18 @@ class Store {
   // existing entry with the same write sequence.
   VerifyReport verify(const Progress& progress = {});
   // Writes a compacted copy (data.mdb, plus the invalidation stamps) into
-  // `dest`, which must not exist (it is created 0700) or be an empty
-  // directory; anything else is a ConfigError naming it.
+  // `dest`, which must not exist or be an empty directory; anything else is
+  // a ConfigError naming it. The copy is written in compact_staging_path(dest)
+  // and renamed to `dest` only when it is complete and synced, so `dest`
+  // never holds a partial copy. A staging directory left by a killed compact
+  // is cleared and used again; one in use by a running compact is a
+  // StoreError (sys_errno() EWOULDBLOCK).
   void compact(const std::string& dest);
+  // The staging directory of a compact into `dest`: `.<name>.compacting`
+  // beside it, 0700. A program that is interrupted during compact may remove
+  // the files compact writes there (data.mdb, region-stamps) and the
+  // directory itself.
+  static std::string compact_staging_path(const std::string& dest);
 
  private:
   struct Impl;
