@@ -1,11 +1,13 @@
 #include "commands.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <array>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -701,13 +703,26 @@ class ProgressBar {
 // ---------------------------------------------------------------------------
 // Shared options
 
+}  // namespace
+
+const CLI::Validator& not_empty() {
+  static const CLI::Validator validator(
+      [](const std::string& value) {
+        return value.empty() ? std::string("must not be empty") : std::string();
+      },
+      "", "NOT-EMPTY");
+  return validator;
+}
+
+namespace {
+
 struct CommonArgs {
   std::string dir;    // empty: default_cache_dir()
   bool json = false;  // one JSON document instead of text
 };
 
 void add_common_options(CLI::App& command, CommonArgs& options) {
-  command.add_option("--dir", options.dir, kDirHelp)->type_name("DIR");
+  command.add_option("--dir", options.dir, kDirHelp)->type_name("DIR")->check(not_empty());
   command.add_flag("--json", options.json, kJsonHelp);
 }
 
@@ -740,12 +755,37 @@ bool has_region(Store& store, const std::string& region) {
 }
 
 int no_region(Store& store, const std::string& region) {
-  return fail(kExitNotFound, "no region " + in_quotes(region) + " in " + store.path());
+  std::string known;
+  for (const std::string& name : store.regions()) {
+    known += (known.empty() ? "" : ", ") + in_quotes(name);
+  }
+  return fail(kExitNotFound, "no region " + in_quotes(region) + " in " + store.path() +
+                                 (known.empty() ? " (it has no regions)" : " (regions: " + known + ")"));
 }
 
 int no_entry(Store& store, std::string_view region, std::string_view key) {
   return fail(kExitNotFound, "no entry for key " + in_quotes(key) + " in region " +
                                  in_quotes(region) + " of " + store.path());
+}
+
+// A stamp or sequence number (signed in the store, never negative there).
+Json stamp_json(std::int64_t stamp) {
+  return stamp == 0 ? Json() : Json::number_token(std::to_string(stamp));
+}
+
+// "hard", "soft", or empty when the entry was not invalidated.
+std::string_view invalidated_name(Invalidated how) {
+  switch (how) {
+    case Invalidated::kHard: return "hard";
+    case Invalidated::kSoft: return "soft";
+    case Invalidated::kNo: break;
+  }
+  return {};
+}
+
+Json invalidated_json(Invalidated how) {
+  const std::string_view name = invalidated_name(how);
+  return name.empty() ? Json() : Json::string(std::string(name));
 }
 
 std::string expires_text(const EnvelopeMeta& meta, bool fraction) {
@@ -786,6 +826,8 @@ Json usage_json(const RegionUsage& usage) {
   j.set("expired_purged", Json::number(c.expired_purged));
   j.set("corruptions", Json::number(c.corruptions));
   j.set("mismatches", Json::number(c.mismatches));
+  j.set("hard_stamp", stamp_json(usage.hard_stamp));
+  j.set("soft_stamp", stamp_json(usage.soft_stamp));
   return j;
 }
 
@@ -832,6 +874,18 @@ int run_stats(const CommonArgs& options) {
   for (const RegionUsage& usage : stats.regions) table.add(usage_row(usage));
   table.add(usage_row(stats.total));
   table.print(out);
+  // Stamps are numbers of the directory's invalidation sequence; an entry
+  // whose sequence is below one is invalidated (docs/format.md).
+  for (const RegionUsage& usage : stats.regions) {
+    if (usage.hard_stamp != 0) {
+      out += "region " + in_quotes(usage.name) + " invalidated (hard) at stamp " +
+             std::to_string(usage.hard_stamp) + "\n";
+    }
+    if (usage.soft_stamp != 0) {
+      out += "region " + in_quotes(usage.name) + " invalidated (soft) at stamp " +
+             std::to_string(usage.soft_stamp) + "\n";
+    }
+  }
   write_out(out);
   return kExitOk;
 }
@@ -860,9 +914,11 @@ Json entry_info_json(const EntryInfo& info) {
     j.set("type_tag", Json::string(type_tag_hex(info.meta.type_tag)));
     j.set("schema_version", Json::number(info.meta.schema_version));
     j.set("payload_size", Json::number(info.payload_size));
+    j.set("sequence", Json::number_token(std::to_string(info.meta.sequence)));
+    j.set("invalidated", invalidated_json(info.invalidated));
   } else {
-    for (const char* field :
-         {"created", "expires", "codec", "type_tag", "schema_version", "payload_size"}) {
+    for (const char* field : {"created", "expires", "codec", "type_tag", "schema_version",
+                              "payload_size", "sequence", "invalidated"}) {
       j.set(field, Json());
     }
   }
@@ -898,10 +954,13 @@ int run_ls(const LsArgs& options) {
                  printable(info.key) + "  [corrupt: " + info.problem + "]"});
       continue;
     }
+    const std::string_view invalidated = invalidated_name(info.invalidated);
     table.add({printable(info.region), u64(info.size), iso8601(info.meta.created_at_ns, false),
                expires_text(info.meta, false), std::string(codec_name(info.meta.codec)),
                type_tag_hex(info.meta.type_tag), u64(info.meta.schema_version),
-               printable(info.key)});
+               printable(info.key) + (invalidated.empty() ? std::string()
+                                                          : "  [invalidated: " +
+                                                                std::string(invalidated) + "]")});
   }
   std::string out;
   table.print(out);
@@ -965,6 +1024,8 @@ int run_get(const GetArgs& options) {
     doc.set("expires",
             meta.expires_at_ns ? Json::string(iso8601(*meta.expires_at_ns, true)) : Json());
     doc.set("expired", Json::boolean(expired(meta)));
+    doc.set("sequence", Json::number_token(std::to_string(meta.sequence)));
+    doc.set("invalidated", invalidated_json(info.invalidated));
     doc.set("codec", Json::string(std::string(codec_name(meta.codec))));
     doc.set("type_tag", Json::string(type_tag_hex(meta.type_tag)));
     doc.set("schema_version", Json::number(meta.schema_version));
@@ -993,6 +1054,13 @@ int run_get(const GetArgs& options) {
   table.add({"stored size", u64(info.size) + " bytes"});
   table.add({"created", iso8601(meta.created_at_ns, true)});
   table.add({"expires", expires_text(meta, true) + (expired(meta) ? " (expired)" : "")});
+  {
+    const std::string_view invalidated = invalidated_name(info.invalidated);
+    table.add({"invalidated", invalidated.empty() ? std::string("no")
+                                                  : std::string(invalidated) +
+                                                        " (its region was invalidated after "
+                                                        "it was made)"});
+  }
   table.add({"codec", std::string(codec_name(meta.codec))});
   table.add({"type tag", type_tag_hex(meta.type_tag)});
   table.add({"schema version", u64(meta.schema_version)});
@@ -1069,8 +1137,10 @@ int run_purge(const CommonArgs& options) {
 }
 
 struct RegionArgs : CommonArgs {
-  std::string region;  // clear: empty means every region
-  bool soft = false;   // invalidate only
+  std::string region;  // clear: empty with `all`
+  bool all = false;     // clear only: every region
+  bool soft = false;    // invalidate only
+  bool create = false;  // invalidate only: a region with no entries yet
 };
 
 int run_clear(const RegionArgs& options) {
@@ -1102,6 +1172,11 @@ int run_clear(const RegionArgs& options) {
 
 int run_invalidate(const RegionArgs& options) {
   Store store = open_store(options);
+  // A typo would otherwise invalidate a region nobody uses and leave the
+  // meant one as it was.
+  if (!options.create && !has_region(store, options.region)) {
+    return no_region(store, options.region);
+  }
   store.invalidate(options.region, !options.soft);
   if (options.json) {
     Json doc = Json::object();
@@ -1176,9 +1251,56 @@ std::optional<std::uint64_t> file_size(const std::string& path) {
   return static_cast<std::uint64_t>(st.st_size);
 }
 
+// While compact runs, ^C, SIGTERM or SIGHUP remove the partial copy before
+// the process ends as the signal asks. The paths are formatted beforehand:
+// a signal handler may only unlink, rmdir and re-raise.
+class RemoveOnInterrupt {
+ public:
+  explicit RemoveOnInterrupt(const std::string& staging) {
+    copy(staging + "/data.mdb", files_[0]);
+    copy(staging + "/region-stamps", files_[1]);
+    copy(staging, dir_);
+    struct sigaction action {};
+    action.sa_handler = &on_signal;
+    sigemptyset(&action.sa_mask);
+    for (std::size_t i = 0; i < kSignals.size(); ++i) {
+      ::sigaction(kSignals[i], &action, &previous_[i]);
+    }
+  }
+  ~RemoveOnInterrupt() {
+    for (std::size_t i = 0; i < kSignals.size(); ++i) {
+      ::sigaction(kSignals[i], &previous_[i], nullptr);
+    }
+  }
+  RemoveOnInterrupt(const RemoveOnInterrupt&) = delete;
+  RemoveOnInterrupt& operator=(const RemoveOnInterrupt&) = delete;
+
+ private:
+  static constexpr std::array<int, 3> kSignals = {SIGINT, SIGTERM, SIGHUP};
+  using Path = std::array<char, 4096>;
+
+  static void copy(const std::string& from, Path& to) {
+    const std::size_t n = std::min(from.size(), to.size() - 1);
+    from.copy(to.data(), n);
+    to[n] = '\0';
+  }
+  static void on_signal(int sig) {
+    for (const Path& file : files_) ::unlink(file.data());
+    ::rmdir(dir_.data());
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+
+  static inline std::array<Path, 2> files_{};
+  static inline Path dir_{};
+  std::array<struct sigaction, kSignals.size()> previous_{};
+};
+
 int run_compact(const CompactArgs& options) {
   Store store = open_store(options);
   {
+    const std::string staging = Store::compact_staging_path(options.dest);
+    const RemoveOnInterrupt remove_on_interrupt(staging);
     // The copy reports no progress of its own; the bar follows the new
     // data.mdb as it grows towards the pages in use.
     ProgressBar bar(store, "compact", ProgressBar::Unit::kBytes);
@@ -1189,7 +1311,7 @@ int run_compact(const CompactArgs& options) {
       watcher = std::jthread([&, total = store.stats().used_bytes](std::stop_token stop) {
         std::unique_lock lock(mutex);
         do {
-          bar.update(file_size(options.dest + "/data.mdb").value_or(0), total);
+          bar.update(file_size(staging + "/data.mdb").value_or(0), total);
         } while (!wake.wait_for(lock, stop, kProgressRedraw, [] { return false; }) &&
                  !stop.stop_requested());
       });
@@ -1311,7 +1433,8 @@ CLI::App* add_ls_command(CLI::App& app, std::function<int()>& run) {
                   "  dogpile ls users --prefix user: --limit 20\n"
                   "  dogpile ls --json | jq -r '.entries[].key'",
                   options, run_ls);
-  command->add_option("region", options->region, "Only this region (default: every region)");
+  command->add_option("region", options->region, "Only this region (default: every region)")
+      ->check(not_empty());
   command->add_option("--prefix", options->prefix, "Only keys that start with this")
       ->type_name("PREFIX");
   command->add_option("--limit", options->limit, "At most this many entries (0: no limit)")
@@ -1330,10 +1453,12 @@ CLI::App* add_get_command(CLI::App& app, std::function<int()>& run) {
                   "\nExit status 1 when there is no such entry, 3 when it is corrupt.",
                   options, run_get);
   command->add_option("key", options->key, "The key (after --, a key may start with -)")
-      ->required();
+      ->required()
+      ->check(not_empty());
   command->add_option("--region", options->region, "Region of the key")
       ->type_name("REGION")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(not_empty());
   command->add_flag("--raw", options->raw, "Write only the payload's bytes, as they are stored")
       ->excludes(command->get_option("--json"));
   return command;
@@ -1346,10 +1471,11 @@ CLI::App* add_rm_command(CLI::App& app, std::function<int()>& run) {
                                   "  dogpile rm user:42 --region users\n"
                                   "\nExit status 1 when there is no such entry.",
                                   options, run_rm);
-  command->add_option("key", options->key, "The key")->required();
+  command->add_option("key", options->key, "The key")->required()->check(not_empty());
   command->add_option("--region", options->region, "Region of the key")
       ->type_name("REGION")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(not_empty());
   return command;
 }
 
@@ -1366,9 +1492,18 @@ CLI::App* add_clear_command(CLI::App& app, std::function<int()>& run) {
       add_command(app, run, "clear", "Remove every entry of one region, or of all regions",
                   "Examples:\n"
                   "  dogpile clear users    # one region\n"
-                  "  dogpile clear          # every region",
+                  "  dogpile clear --all    # every region",
                   options, run_clear);
-  command->add_option("region", options->region, "Only this region (default: every region)");
+  CLI::Option* region =
+      command->add_option("region", options->region, "Only this region")->check(not_empty());
+  CLI::Option* all = command->add_flag("--all", options->all, "Every region (instead of REGION)");
+  region->excludes(all);
+  // Clearing everything is never what an empty or forgotten argument meant.
+  command->parse_complete_callback([options] {
+    if (options->region.empty() && !options->all) {
+      throw CLI::ValidationError("clear", "give a REGION, or --all to clear every region");
+    }
+  });
   return command;
 }
 
@@ -1381,9 +1516,12 @@ CLI::App* add_invalidate_command(CLI::App& app, std::function<int()>& run) {
       "  dogpile invalidate users          # regenerate everything on next use\n"
       "  dogpile invalidate users --soft   # serve old values while each is regenerated",
       options, run_invalidate);
-  command->add_option("region", options->region, "The region")->required();
+  command->add_option("region", options->region, "The region")->required()->check(not_empty());
   command->add_flag("--soft", options->soft,
                     "Make entries stale rather than missing (dogpile.cache's hard=False)");
+  command->add_flag("--create", options->create,
+                    "Invalidate a region that has no entries yet (else an unknown region is an "
+                    "error)");
   return command;
 }
 
@@ -1403,7 +1541,9 @@ CLI::App* add_compact_command(CLI::App& app, std::function<int()>& run) {
                   "  dogpile compact /backup/dogpile-$(date +%F)\n"
                   "\nDEST must not exist or be an empty directory.",
                   options, run_compact);
-  command->add_option("dest", options->dest, "Directory for the copy")->required();
+  command->add_option("dest", options->dest, "Directory for the copy")
+      ->required()
+      ->check(not_empty());
   return command;
 }
 

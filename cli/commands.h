@@ -17,6 +17,11 @@
 
 namespace dogpile::cli {
 
+// Refuses an empty value, naming the option: an empty --dir, region or key
+// would otherwise widen what a command acts on (the default directory,
+// every region), so `--dir "$UNSET"` is a usage error, never the default.
+const CLI::Validator& not_empty();
+
 // Exit codes of every subcommand.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitNotFound = 1;    // no such key or region; a demo check failed

@@ -1,4 +1,5 @@
 #include "exec.h"
+#include "commands.h"
 
 #include <unistd.h>
 
@@ -223,7 +224,8 @@ CLI::App* add_exec_command(CLI::App& app, std::function<int()>& run) {
   cmd->add_option("--dir", args->dir,
                   "Cache directory (default: $DOGPILE_DIR, else $XDG_CACHE_HOME/dogpile, "
                   "else ~/.cache/dogpile)")
-      ->type_name("DIR");
+      ->type_name("DIR")
+      ->check(not_empty());
   CLI::Option* json = cmd->add_flag(
       "--json", args->json,
       "Print one JSON object (key, cached, stale, created_at, exit_code, signal, stdout, "

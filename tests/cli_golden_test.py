@@ -84,8 +84,17 @@ CASES = [
     ("purge", "clean", [["purge"], ["ls", "--prefix", "expired"], ["ls", "users"],
                         ["purge"]]),
     ("clear_region", "clean", [["clear", "users"], ["ls", "users"], ["stats"]]),
-    ("clear_all", "clean", [["clear"], ["ls"]]),
+    ("clear_all", "clean", [["clear", "--all"], ["ls"]]),
+    ("clear_needs_region_or_all", "clean", [["clear"], ["ls", "users"]]),
+    ("empty_arguments", "clean", [["clear", ""], ["stats", "--dir", ""], ["ls", ""],
+                                  ["get", ""], ["get", "k", "--region", ""], ["rm", ""],
+                                  ["invalidate", ""], ["compact", ""], ["ls", "users"]]),
     ("clear_no_region", "clean", [["clear", "nosuch"]]),
+    ("invalidated", "clean", [["invalidate", "users"], ["invalidate", "default", "--soft"],
+                              ["ls", "users"], ["ls", "default", "--prefix", "g"],
+                              ["get", "user:1", "--region", "users"], ["stats"],
+                              ["invalidate", "nosuch"], ["invalidate", "nosuch", "--create"],
+                              ["stats"]]),
     ("invalidate", "clean", [["invalidate", "users"]]),
     ("invalidate_soft", "clean", [["invalidate", "users", "--soft"]]),
     ("verify", "clean", [["verify"]]),
@@ -105,6 +114,9 @@ NORMALISE = [
                 r'dest_file_size)": )\d+', re.M), r"\1<N>"),
     (re.compile(r"(: data\.mdb )\S+ \S+ \(the original: \S+ \S+\)"),
      r"\1<SIZE> (the original: <SIZE>)"),
+    # Invalidation stamps continue a sequence that starts at the real clock.
+    (re.compile(r"(at stamp )\d+"), r"\1<STAMP>"),
+    (re.compile(r'("(?:hard|soft)_stamp": )\d+'), r"\1<STAMP>"),
 ]
 
 failures = []

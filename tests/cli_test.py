@@ -9,9 +9,12 @@ fresh temporary cache directories (never the user's own cache).
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 TIMEOUT_S = 300
 KEY_ROW = re.compile(r"^(demo:\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s")
@@ -97,6 +100,62 @@ def check_demo_pair(binary, label, args, env_extra, home, keys):
           in warm.stdout, show(warm))
 
 
+def fill_cache(binary, cache, home, megabytes):
+    """Stores `megabytes` exec results of 1 MiB of random bytes each."""
+    for i in range(megabytes):
+        r = subprocess.run([binary, "exec", "--dir", cache, "--", "sh", "-c",
+                            "head -c 1048576 /dev/urandom # %d" % i],
+                           capture_output=True, timeout=TIMEOUT_S, env=dict(os.environ, HOME=home))
+        if r.returncode != 0:
+            return False
+    return True
+
+
+def check_compact_interrupted(binary, tmp, home):
+    """^C during compact: the partial copy is removed and DEST never appears."""
+    cache = os.path.join(tmp, "compact-src")
+    check("compact: a 64 MiB cache to copy", fill_cache(binary, cache, home, 64))
+    dest = os.path.join(tmp, "compact-dest")
+    staging = os.path.join(tmp, ".compact-dest.compacting")
+    proc = subprocess.Popen([binary, "compact", "--dir", cache, dest], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, HOME=home))
+    deadline = time.monotonic() + 60
+    partial = os.path.join(staging, "data.mdb")
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(partial) and os.path.getsize(partial) > 0:
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=TIMEOUT_S)
+    check("compact: ^C ends it as SIGINT does", proc.returncode == -signal.SIGINT,
+          "exit %s" % proc.returncode)
+    check("compact: ^C leaves no destination", not os.path.exists(dest))
+    check("compact: ^C removes the partial copy", not os.path.exists(staging))
+    r = run(binary, ["compact", "--dir", cache, dest], home=home)
+    check("compact: runs again after ^C", r.returncode == 0 and
+          os.path.getsize(os.path.join(dest, "data.mdb")) > 0, show(r))
+    r = run(binary, ["verify", "--dir", dest], home=home)
+    check("compact: the copy after ^C verifies", r.returncode == 0, show(r))
+    return cache
+
+
+def check_truncated_data(binary, tmp, home, cache):
+    """A truncated data.mdb is a cache error (exit 3) in every command, never a signal."""
+    data = os.path.join(cache, "data.mdb")
+    size = os.path.getsize(data)
+    for cut in (100, 8192, size // 2, size - 4096):
+        copy = os.path.join(tmp, "truncated-%d" % cut)
+        os.mkdir(copy, 0o700)
+        with open(data, "rb") as src, open(os.path.join(copy, "data.mdb"), "wb") as dst:
+            dst.write(src.read(cut))
+        for command in (["stats"], ["verify"], ["ls"], ["get", "k"]):
+            r = run(binary, command + ["--dir", copy], home=home)
+            check("truncated data.mdb (%d of %d bytes): %s exits 3 naming the file" %
+                  (cut, size, command[0]),
+                  r.returncode == 3 and "data.mdb" in r.stderr, show(r))
+        shutil.rmtree(copy)
+
+
 def main(argv):
     if len(argv) not in (2, 3):
         sys.stderr.write("usage: cli_test.py path/to/dogpile [expected-version]\n")
@@ -174,6 +233,9 @@ def main(argv):
         r = run(binary, ["demo", "--dir", not_a_dir] + demo_args, home=home)
         check("--dir on a regular file exits 3 naming the path",
               r.returncode == 3 and not_a_dir in r.stderr, show(r))
+
+        cache = check_compact_interrupted(binary, tmp, home)
+        check_truncated_data(binary, tmp, home, cache)
 
     for name in passed:
         print("ok    " + name)
