@@ -714,6 +714,25 @@ const CLI::Validator& not_empty() {
   return validator;
 }
 
+const CLI::Validator& unsigned_number() {
+  static const CLI::Validator validator(
+      [](const std::string& value) -> std::string {
+        const bool digits = !value.empty() && value.find_first_not_of("0123456789") ==
+                                                  std::string::npos;
+        if (!digits) return "'" + value + "' is not a whole number of 0 or more";
+        // 2^64 - 1 has 20 digits; compare as text, leading zeros aside.
+        const std::string_view n = std::string_view(value).substr(
+            std::min(value.find_first_not_of('0'), value.size() - 1));
+        constexpr std::string_view kMax = "18446744073709551615";
+        if (n.size() > kMax.size() || (n.size() == kMax.size() && n > kMax)) {
+          return "'" + value + "' is too large";
+        }
+        return std::string();
+      },
+      "", "NUMBER");
+  return validator;
+}
+
 namespace {
 
 struct CommonArgs {
@@ -1439,7 +1458,8 @@ CLI::App* add_ls_command(CLI::App& app, std::function<int()>& run) {
       ->type_name("PREFIX");
   command->add_option("--limit", options->limit, "At most this many entries (0: no limit)")
       ->type_name("N")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(unsigned_number());
   return command;
 }
 
@@ -1556,12 +1576,15 @@ CLI::App* add_demo_command(CLI::App& app, std::function<int()>& run) {
   add_common_options(*command, *options);
   command->add_option("--workers", options->demo.workers, "Worker processes")
       ->capture_default_str()
+      ->check(unsigned_number())
       ->check(CLI::Range(1, 256));
   command->add_option("--keys", options->demo.keys, "Keys every worker asks for")
       ->capture_default_str()
+      ->check(unsigned_number())
       ->check(CLI::Range(1, 100000));
   command->add_option("--create-ms", options->demo.create_ms, "Milliseconds one creator call takes")
       ->capture_default_str()
+      ->check(unsigned_number())
       ->check(CLI::Range(0, 600000));
   command->add_flag("--fresh", options->demo.fresh, "Erase the demo's keys first");
   command->footer(

@@ -22,6 +22,11 @@ namespace dogpile::cli {
 // every region), so `--dir "$UNSET"` is a usage error, never the default.
 const CLI::Validator& not_empty();
 
+// Refuses anything but a plain decimal number that fits in 64 bits: "-5"
+// would otherwise wrap to a huge count, "1e3" or "99999999999999999999"
+// be misread.
+const CLI::Validator& unsigned_number();
+
 // Exit codes of every subcommand.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitNotFound = 1;    // no such key or region; a demo check failed

@@ -2,10 +2,16 @@
 // subcommand and maps outcomes to exit codes: 0 ok, 1 not found or a miss,
 // 2 usage error, 3 cache error.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <exception>
 #include <functional>
 #include <iostream>
 #include <string>
+#include <string_view>
+#include <vector>
+
+#include "dogpile/error.h"
+#include "dogpile/status.h"
 
 #include "commands.h"
 #include "exec.h"
@@ -33,6 +39,49 @@ constexpr const char* kFooter =
     "Example:\n"
     "  dogpile stats && dogpile ls --limit 10";
 
+// Edits (insert, delete, replace one character) that turn `a` into `b`.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1 : 0)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "unknown command 'frobnicate'", with the closest command when one is near.
+std::string unknown_command(const CLI::App& app, std::string_view word) {
+  std::string best;
+  std::size_t best_distance = 3;  // farther than this is no suggestion
+  for (const CLI::App* command : app.get_subcommands({})) {
+    const std::size_t d = edit_distance(word, command->get_name());
+    if (d < best_distance) {
+      best_distance = d;
+      best = command->get_name();
+    }
+  }
+  std::string out = "unknown command '" + std::string(word) + "'";
+  if (!best.empty()) out += "; did you mean '" + best + "'?";
+  return out;
+}
+
+// A dogpile::Error's text without the status code's name in front
+// ("io_error: "): that name is for programs, the sentence is for people.
+std::string error_text(const std::exception& e) {
+  std::string text = e.what();
+  if (const auto* error = dynamic_cast<const dogpile::Error*>(&e)) {
+    const std::string prefix = std::string(dogpile::status_code_name(error->code())) + ": ";
+    if (text.rfind(prefix, 0) == 0) text.erase(0, prefix.size());
+  }
+  return text;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,6 +90,15 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("dogpile ") + DOGPILE_VERSION,
                        "Print the version and exit");
   app.require_subcommand(1);
+  // Set before the subcommands are added: they copy it.
+  app.failure_message([](const CLI::App* command, const CLI::Error& e) {
+    // The subcommand being parsed when the error came, if any.
+    std::string help = "dogpile --help";
+    if (command != nullptr && !command->get_subcommands().empty()) {
+      help = "dogpile " + command->get_subcommands().front()->get_name() + " --help";
+    }
+    return "dogpile: " + std::string(e.what()) + "\nRun '" + help + "' for usage.\n";
+  });
 
   // The chosen subcommand's work, set by its parse callback.
   std::function<int()> run;
@@ -57,8 +115,27 @@ int main(int argc, char** argv) {
   cli::add_demo_command(app, run);
   app.footer(kFooter);
 
+  // `dogpile help [COMMAND]`, as git and cargo have it.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "help") {
+    args.erase(args.begin());
+    args.push_back("--help");  // wins over anything else given
+  }
+  if (!args.empty() && !args[0].empty() && args[0][0] != '-') {
+    const auto commands = app.get_subcommands({});
+    const bool known = std::any_of(commands.begin(), commands.end(), [&](const CLI::App* c) {
+      return c->get_name() == args[0];
+    });
+    if (!known) {
+      std::cerr << "dogpile: " << unknown_command(app, args[0])
+                << "\nRun 'dogpile --help' for the list of commands.\n";
+      return cli::kExitUsage;
+    }
+  }
+
   try {
-    app.parse(argc, argv);
+    std::reverse(args.begin(), args.end());  // CLI11 takes them last first
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     // CLI11's own codes for parse errors (100 and up) become the one usage code.
@@ -73,7 +150,7 @@ int main(int argc, char** argv) {
     // dogpile::Error, and anything else that stops a command (fork, pipe,
     // memory): a failure of the cache or the system, never a miss.
     std::cout.flush();
-    std::cerr << "dogpile: " << e.what() << "\n";
+    std::cerr << "dogpile: " << error_text(e) << "\n";
     return cli::kExitCacheError;
   }
   // Output that could not be written (a full disk, a closed pipe with

@@ -176,6 +176,11 @@ def main(argv):
         r = run(binary, ["--help"], home=home)
         check("--help lists demo", r.returncode == 0 and re.search(r"^\s+demo\b", r.stdout, re.M),
               show(r))
+        r = run(binary, ["help"], home=home)
+        check("help lists the commands", r.returncode == 0 and "compact" in r.stdout, show(r))
+        r = run(binary, ["help", "rm"], home=home)
+        check("help rm shows rm's usage",
+              r.returncode == 0 and "Usage: dogpile rm" in r.stdout, show(r))
         r = run(binary, ["demo", "--help"], home=home)
         check("demo --help lists its options",
               r.returncode == 0 and all(o in r.stdout for o in
