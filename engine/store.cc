@@ -319,8 +319,19 @@ class Staging {
 
   Status open(const std::string& dest) {
     path_ = Store::compact_staging_path(dest);
+    // The parent is only where the copy goes (it may be /tmp): it is not
+    // held to a cache directory's rules, but made like one when missing.
     const std::string parent = std::filesystem::path(dest).parent_path().string();
-    if (Status s = ensure_cache_dir(parent); !s) return s;
+    struct stat parent_st {};
+    if (::stat(parent.c_str(), &parent_st) != 0) {
+      if (errno != ENOENT) {
+        return Status::io_error("cannot stat compact destination's parent", parent, errno);
+      }
+      if (Status s = ensure_cache_dir(parent); !s) return s;
+    } else if (!S_ISDIR(parent_st.st_mode)) {
+      return Status::error(StatusCode::kInvalidArgument,
+                           "compact destination's parent is not a directory", parent, ENOTDIR);
+    }
     if (::mkdir(path_.c_str(), 0700) != 0 && errno != EEXIST) {
       return Status::io_error("cannot create the compact staging directory", path_, errno);
     }
@@ -442,6 +453,11 @@ Status Store::Impl::region_stamps(std::string_view region, std::int64_t& hard,
       if (::lstat(stamps_path.c_str(), &st) != 0) {
         if (errno == ENOENT) return Status::ok();  // never invalidated
         return Status::io_error("cannot stat invalidation stamps", stamps_path, errno);
+      }
+      // Opening maps it read-write; a copy this user may only read is shown
+      // without stamps, as a read-only region reads it.
+      if (::faccessat(AT_FDCWD, stamps_path.c_str(), R_OK | W_OK, AT_EACCESS) != 0) {
+        return Status::ok();
       }
       if (Status s = internal::StampFile::open(stamps_path, stamps_); !s) return s;
     }

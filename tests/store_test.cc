@@ -728,6 +728,14 @@ TEST_CASE("compact stages its copy beside the destination and renames it into pl
   CHECK(staging == dir / ".backup.compacting");
   CHECK(Store::compact_staging_path(dest + "/") == staging);
 
+  SECTION("into a shared directory such as /tmp (mode 1777)") {
+    const std::string shared = dir / "tmp";
+    std::filesystem::create_directory(shared);
+    std::filesystem::permissions(shared, static_cast<std::filesystem::perms>(01777));
+    store.compact(shared + "/backup");
+    CHECK(open_store(shared + "/backup").list().size() == 50);
+    CHECK(mode_of(shared + "/backup") == 0700);
+  }
   SECTION("a killed compact's partial copy is replaced") {
     std::filesystem::create_directory(staging);
     std::ofstream(staging + "/data.mdb") << "the first bytes of a copy that never finished";
