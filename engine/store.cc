@@ -437,8 +437,11 @@ struct Store::Impl {
 
  private:
   std::mutex mutex_;
-  std::shared_ptr<LmdbEnv> env_;                  // guarded by mutex_
-  std::shared_ptr<internal::StampFile> stamps_;  // guarded by mutex_; once found
+  std::shared_ptr<LmdbEnv> env_;  // guarded by mutex_
+  // Its own mutex, taken with nothing else after it: region_stamps runs
+  // inside read transactions, and env() opens one under mutex_.
+  std::mutex stamps_mutex_;
+  std::shared_ptr<internal::StampFile> stamps_;  // guarded by stamps_mutex_; once found
 };
 
 Status Store::Impl::region_stamps(std::string_view region, std::int64_t& hard,
@@ -446,7 +449,7 @@ Status Store::Impl::region_stamps(std::string_view region, std::int64_t& hard,
   hard = soft = 0;
   std::shared_ptr<internal::StampFile> file;
   {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(stamps_mutex_);
     if (!stamps_) {
       const std::string stamps_path = path + "/" + internal::StampFile::kFileName;
       struct stat st {};
