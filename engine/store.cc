@@ -301,6 +301,20 @@ Status sync_directory(const std::string& dir) {
   return Status::ok();
 }
 
+// `dest` made absolute and normal, without a trailing slash. compact and
+// compact_staging_path both use it: a program cleaning up after an
+// interrupted compact must name the directory compact wrote.
+std::filesystem::path normal_destination(const std::string& dest, std::error_code& ec) {
+  std::filesystem::path p = std::filesystem::absolute(dest, ec).lexically_normal();
+  if (p.filename().empty() && p.has_relative_path()) p = p.parent_path();  // "a/b/" is "a/b"
+  return p;
+}
+
+// `.<name>.compacting` beside a normal destination.
+std::filesystem::path staging_of(const std::filesystem::path& dest) {
+  return dest.parent_path() / ("." + dest.filename().string() + ".compacting");
+}
+
 // The files a compacted copy holds, in the staging directory and then in
 // the destination.
 constexpr const char* kCopyFiles[] = {"data.mdb", internal::StampFile::kFileName};
@@ -317,20 +331,21 @@ class Staging {
     ::rmdir(path_.c_str());
   }
 
-  Status open(const std::string& dest) {
-    path_ = Store::compact_staging_path(dest);
+  // `dest` is normal (normal_destination).
+  Status open(const std::filesystem::path& dest) {
+    path_ = staging_of(dest).string();
+    parent_ = dest.parent_path().string();
     // The parent is only where the copy goes (it may be /tmp): it is not
     // held to a cache directory's rules, but made like one when missing.
-    const std::string parent = std::filesystem::path(dest).parent_path().string();
     struct stat parent_st {};
-    if (::stat(parent.c_str(), &parent_st) != 0) {
+    if (::stat(parent_.c_str(), &parent_st) != 0) {
       if (errno != ENOENT) {
-        return Status::io_error("cannot stat compact destination's parent", parent, errno);
+        return Status::io_error("cannot stat compact destination's parent", parent_, errno);
       }
-      if (Status s = ensure_cache_dir(parent); !s) return s;
+      if (Status s = ensure_cache_dir(parent_); !s) return s;
     } else if (!S_ISDIR(parent_st.st_mode)) {
       return Status::error(StatusCode::kInvalidArgument,
-                           "compact destination's parent is not a directory", parent, ENOTDIR);
+                           "compact destination's parent is not a directory", parent_, ENOTDIR);
     }
     if (::mkdir(path_.c_str(), 0700) != 0 && errno != EEXIST) {
       return Status::io_error("cannot create the compact staging directory", path_, errno);
@@ -345,7 +360,8 @@ class Staging {
       fd_ = internal::UniqueFd();
       if (err == EWOULDBLOCK) {
         return Status::error(StatusCode::kIOError,
-                             "another compact into " + dest + " is running (it holds " + path_ + ")",
+                             "another compact into " + dest.string() + " is running (it holds " +
+                                 path_ + ")",
                              path_, err);
       }
       return Status::io_error("cannot lock the compact staging directory", path_, err);
@@ -381,7 +397,7 @@ class Staging {
       return Status::io_error("cannot move the compacted copy into place", dest, errno);
     }
     done_ = true;
-    return sync_directory(std::filesystem::path(dest).parent_path().string());
+    return sync_directory(parent_);
   }
 
  private:
@@ -390,6 +406,7 @@ class Staging {
   }
 
   std::string path_;
+  std::string parent_;  // of the destination
   internal::UniqueFd fd_;
   bool done_ = false;
 };
@@ -996,14 +1013,10 @@ Status Store::Impl::compact(const std::string& dest_arg) {
   if (dest_arg.empty()) {
     return Status::error(StatusCode::kInvalidArgument, "compact destination is empty");
   }
-  std::string dest = dest_arg;
-  {
-    std::error_code ec;
-    const std::filesystem::path absolute = std::filesystem::absolute(dest, ec);
-    if (ec) return Status::io_error("cannot make the path absolute", dest, ec.value());
-    dest = absolute.lexically_normal().string();
-    while (dest.size() > 1 && dest.back() == '/') dest.pop_back();
-  }
+  std::error_code ec;
+  const std::filesystem::path normal = normal_destination(dest_arg, ec);
+  if (ec) return Status::io_error("cannot make the path absolute", dest_arg, ec.value());
+  const std::string dest = normal.string();
   std::shared_ptr<LmdbEnv> e;
   if (Status s = env(e); !s) return s;
   if (Status s = check_destination(dest); !s) return s;
@@ -1012,7 +1025,7 @@ Status Store::Impl::compact(const std::string& dest_arg) {
   // into place when complete: an interrupted compact never leaves a partial
   // data.mdb where a cache is expected.
   Staging staging;
-  if (Status s = staging.open(dest); !s) return s;
+  if (Status s = staging.open(normal); !s) return s;
   const std::string data_dest = staging.file("data.mdb");
   int raw_fd = -1;
   if (Status s = create_file(data_dest, raw_fd); !s) return s;
@@ -1047,11 +1060,9 @@ Status Store::Impl::compact(const std::string& dest_arg) {
 
 std::string Store::compact_staging_path(const std::string& dest) {
   std::error_code ec;
-  std::filesystem::path p = std::filesystem::absolute(dest, ec);
-  if (ec) p = dest;
-  p = p.lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();  // "a/b/" is "a/b"
-  return (p.parent_path() / ("." + p.filename().string() + ".compacting")).string();
+  const std::filesystem::path normal = normal_destination(dest, ec);
+  // Without a working directory compact fails before it stages anything.
+  return staging_of(ec ? std::filesystem::path(dest) : normal).string();
 }
 
 // ---- Store ----

@@ -352,10 +352,9 @@ namespace {
 // at the first read of a page past its end. The meta page is read before
 // the file's size: a writer extends the file before it commits a meta page
 // naming the new pages, so a live writer never makes a whole file look short.
-Status check_data_size(MDB_env* env, int fd, const std::string& data_path) {
-  MDB_envinfo info{};
+Status check_data_size(MDB_env* env, const MDB_envinfo& info, int fd,
+                       const std::string& data_path) {
   MDB_stat st{};
-  mdb_env_info(env, &info);
   mdb_env_stat(env, &st);
   struct stat file {};
   if (::fstat(fd, &file) != 0) return Status::io_error("cannot stat the data file", data_path, errno);
@@ -441,7 +440,7 @@ Status LmdbEnv::open() {
   MDB_envinfo info{};
   mdb_env_info(raw, &info);
   map_size_.store(info.me_mapsize, std::memory_order_release);
-  if (Status s = check_data_size(raw, fd, data_path); !s) return s;
+  if (Status s = check_data_size(raw, info, fd, data_path); !s) return s;
 
   if (mdb_env_get_maxkeysize(raw) < static_cast<int>(kMaxInlineKeySize)) {
     return Status::error(StatusCode::kNotSupported,

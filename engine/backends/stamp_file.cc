@@ -342,9 +342,8 @@ Status StampFile::claim(std::uint64_t hash, std::uint32_t& out) {
 }
 
 std::int64_t StampFile::stamp(std::uint32_t slot, Kind kind) const noexcept {
-  std::atomic_ref<std::int64_t> value(*reinterpret_cast<std::int64_t*>(
-      slot_field(slot, kind == Kind::kHard ? kHardOffset : kSoftOffset)));
-  return value.load(std::memory_order_acquire);
+  return int64_at(slot_field(slot, kind == Kind::kHard ? kHardOffset : kSoftOffset))
+      .load(std::memory_order_acquire);
 }
 
 Status StampFile::raise(std::uint32_t slot, Kind kind, std::int64_t value, bool sync) {
@@ -355,17 +354,14 @@ Status StampFile::raise(std::uint32_t slot, Kind kind, std::int64_t value, bool 
   return sync ? sync_page(field) : Status::ok();
 }
 
-std::int64_t* StampFile::sequence_field() const noexcept {
-  return reinterpret_cast<std::int64_t*>(mapping_.data() + kSequenceOffset);
-}
-
 std::int64_t StampFile::sequence() const noexcept {
-  return std::atomic_ref<std::int64_t>(*sequence_field()).load(std::memory_order_acquire);
+  return int64_at(mapping_.data() + kSequenceOffset).load(std::memory_order_acquire);
 }
 
 Status StampFile::next_sequence(bool sync, std::int64_t& out) {
-  out = std::atomic_ref<std::int64_t>(*sequence_field()).fetch_add(1, std::memory_order_acq_rel) + 1;
-  return sync ? sync_page(reinterpret_cast<const std::byte*>(sequence_field())) : Status::ok();
+  std::byte* field = mapping_.data() + kSequenceOffset;
+  out = int64_at(field).fetch_add(1, std::memory_order_acq_rel) + 1;
+  return sync ? sync_page(field) : Status::ok();
 }
 
 Status StampFile::sync_page(const std::byte* field) {

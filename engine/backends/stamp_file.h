@@ -125,7 +125,6 @@ class StampFile {
   StampFile(std::string path, Mapping mapping) noexcept
       : path_(std::move(path)), mapping_(std::move(mapping)) {}
 
-  std::int64_t* sequence_field() const noexcept;
   Status sync_page(const std::byte* field);
 
   std::byte* slot_field(std::uint32_t slot, std::size_t offset) const noexcept {
