@@ -52,26 +52,63 @@ bool iequals(std::string_view a, std::string_view b) {
 }  // namespace
 
 Status parse_duration(std::string_view text, Duration& out) {
-  constexpr std::string_view kExpected = "a number with unit ns, us, ms, s, m, h or d";
-  double number = 0;
-  std::string_view unit;
-  if (!split_number(text, number, unit)) return bad_value("duration", text, kExpected);
+  constexpr std::string_view kExpected =
+      "a number with a unit (ns, us, ms, s, m, h, d, w) or several, as in 90s, 1h30m, 2d 12h";
   struct Unit {
     std::string_view name;
     double ns;
   };
-  static constexpr Unit kUnits[] = {{"ns", 1},       {"us", 1e3},    {"ms", 1e6},
-                                    {"s", 1e9},      {"", 1e9},      {"m", 60e9},
-                                    {"min", 60e9},   {"h", 3600e9},  {"d", 86400e9}};
-  for (const Unit& u : kUnits) {
-    if (unit == u.name) {
-      const std::optional<std::chrono::nanoseconds> ns = internal::nanoseconds_of(number, u.ns);
-      if (!ns) return bad_value("duration", text, "a duration below 292 years");
-      out = *ns;
-      return Status::ok();
+  // The names people type for each unit, longest first where one is a prefix
+  // of another, so "ms" is never read as "m" followed by "s".
+  static constexpr Unit kUnits[] = {
+      {"nanoseconds", 1},  {"nanosecond", 1}, {"nsec", 1},       {"ns", 1},
+      {"microseconds", 1e3}, {"microsecond", 1e3}, {"usec", 1e3}, {"us", 1e3},
+      {"milliseconds", 1e6}, {"millisecond", 1e6}, {"msec", 1e6}, {"ms", 1e6},
+      {"seconds", 1e9},    {"second", 1e9},   {"secs", 1e9},     {"sec", 1e9},
+      {"s", 1e9},          {"minutes", 60e9}, {"minute", 60e9},  {"mins", 60e9},
+      {"min", 60e9},       {"m", 60e9},       {"hours", 3600e9}, {"hour", 3600e9},
+      {"hrs", 3600e9},     {"hr", 3600e9},    {"h", 3600e9},     {"days", 86400e9},
+      {"day", 86400e9},    {"d", 86400e9},    {"weeks", 604800e9}, {"week", 604800e9},
+      {"w", 604800e9}};
+  const auto fail = [&](std::string_view expected) { return bad_value("duration", text, expected); };
+
+  std::string_view rest = trim(text);
+  if (rest.empty()) return fail(kExpected);
+  std::int64_t total = 0;
+  bool first = true;
+  while (!rest.empty()) {
+    double number = 0;
+    std::string_view after;
+    if (!split_number(rest, number, after)) return fail(kExpected);
+    // The unit runs to the next digit or space: "1h30m" is 1 h, then 30 m.
+    std::size_t unit_end = 0;
+    while (unit_end < after.size() &&
+           !std::isdigit(static_cast<unsigned char>(after[unit_end])) &&
+           !std::isspace(static_cast<unsigned char>(after[unit_end]))) {
+      ++unit_end;
     }
+    const std::string_view unit = after.substr(0, unit_end);
+    rest = trim(after.substr(unit_end));
+    double unit_ns = 0;
+    if (unit.empty()) {
+      // A bare number is seconds, and only on its own: "1h30" is a typo.
+      if (!first || !rest.empty()) return fail(kExpected);
+      unit_ns = 1e9;
+    }
+    for (const Unit& u : kUnits) {
+      if (unit == u.name) unit_ns = u.ns;
+    }
+    if (unit_ns == 0) {
+      return fail("a unit ns, us, ms, s, m, h, d or w, not '" + std::string(unit) + "'");
+    }
+    const std::optional<std::chrono::nanoseconds> ns = internal::nanoseconds_of(number, unit_ns);
+    if (!ns || __builtin_add_overflow(total, ns->count(), &total)) {
+      return fail("a duration below 292 years");
+    }
+    first = false;
   }
-  return bad_value("duration", text, kExpected);
+  out = Duration(total);
+  return Status::ok();
 }
 
 Status parse_size(std::string_view text, std::uint64_t& out) {

@@ -31,6 +31,33 @@ TEST_CASE("durations parse with units", "[config]") {
   }
 }
 
+TEST_CASE("durations parse as people type them: several units, long names, weeks",
+          "[config]") {
+  Duration d{};
+  const std::pair<const char*, Duration> cases[] = {
+      {"1h30m", 90min},        {"90s", 90s},           {"1w", 7 * 24h},
+      {"2d", 48h},             {"2d 12h", 60h},        {"1h 30m 15s", 5415s},
+      {"1 hour 30 minutes", 90min}, {"3 weeks", 21 * 24h}, {"500 msec", 500ms},
+      {"1m30s", 90s},          {"1.5h30m", 120min},    {"10min", 10min},
+      {"2hrs", 2h},            {"45 sec", 45s},        {"1s500ms", 1500ms}};
+  for (const auto& [text, expected] : cases) {
+    INFO(text);
+    REQUIRE(parse_duration(text, d));
+    CHECK(d == expected);
+  }
+  // Garbage is refused with the whole text quoted; a bare number only stands alone.
+  for (const char* bad : {"1h30", "30 1h", "1x", "1h 2parsecs", "1hh", "h1", "1 h,30m",
+                          "1M", "1h-30m"}) {
+    INFO(bad);
+    const Status s = parse_duration(bad, d);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    const std::string quoted = std::string(1, '\'').append(bad).append(1, '\'');
+    CHECK(s.message().find(quoted) != std::string::npos);
+  }
+  // Several units that together pass 292 years are refused, never wrapped.
+  CHECK(parse_duration("106751d 106751d", d).code() == StatusCode::kInvalidArgument);
+}
+
 TEST_CASE("durations at the edge of the range never wrap", "[config][time]") {
   Duration d{};
   REQUIRE(parse_duration("0", d));

@@ -25,7 +25,10 @@ namespace dogpile {
 using ConfigMap = std::map<std::string, std::string, std::less<>>;
 using Duration = std::chrono::nanoseconds;
 
-// Parse "<number><unit>" with unit ns, us, ms, s, m, h or d; a bare number is seconds.
+// Parse a duration as people type it: "<number><unit>", or several summed
+// ("1h30m", "2d 12h"). Units: ns, us, ms, s, m (or min), h, d, w, and their
+// long names (sec, seconds, minutes, hours, days, weeks...); a bare number on
+// its own is seconds. Fails with kInvalidArgument quoting the text.
 Status parse_duration(std::string_view text, Duration& out);
 // Parse "<number>[unit]" with unit B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB,
 // TiB (powers of 1024); a bare number is bytes.
