@@ -26,6 +26,7 @@
 
 #include "demo.h"
 #include "dogpile/cache_dir.h"
+#include "dogpile/config.h"
 #include "dogpile/error.h"
 #include "dogpile/store.h"
 #include "strf.h"
@@ -730,6 +731,29 @@ const CLI::Validator& unsigned_number() {
         return std::string();
       },
       "", "NUMBER");
+  return validator;
+}
+
+const CLI::Validator& positive_duration() {
+  static const CLI::Validator validator(
+      [](const std::string& text) -> std::string {
+        Duration d{};
+        if (Status s = parse_duration(text, d); !s) return s.message();
+        if (d.count() <= 0) return "must be longer than 0: '" + text + "'";
+        return {};
+      },
+      "", "DURATION");
+  return validator;
+}
+
+const CLI::Validator& size_value() {
+  static const CLI::Validator validator(
+      [](const std::string& text) -> std::string {
+        std::uint64_t n = 0;
+        if (Status s = parse_size(text, n); !s) return s.message();
+        return {};
+      },
+      "", "SIZE");
   return validator;
 }
 

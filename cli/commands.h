@@ -27,6 +27,13 @@ const CLI::Validator& not_empty();
 // be misread.
 const CLI::Validator& unsigned_number();
 
+// A duration as parse_duration reads it ("90s", "1h30m", "2d"), longer
+// than 0; the error quotes the text.
+const CLI::Validator& positive_duration();
+
+// A size as parse_size reads it ("64KiB", "1MB", a bare number of bytes).
+const CLI::Validator& size_value();
+
 // Exit codes of every subcommand.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitNotFound = 1;    // no such key or region; a demo check failed

@@ -33,6 +33,10 @@ struct ExecArgs {
   std::string ttl;
   std::string stale;
   bool discard_failures = false;
+  bool cache_signals = false;
+  bool ignore_stdin = false;
+  std::string max_output;
+  std::string max_input;
   bool warm = false;
   bool force = false;
   CommandSpec spec;
@@ -153,27 +157,48 @@ std::string outcome_json(const ExecOutcome& o) {
   return out;
 }
 
+// Option values are checked by their validators already.
 std::optional<Duration> duration_arg(const std::string& text) {
   if (text.empty()) return std::nullopt;
   Duration d{};
-  // Checked by the option's validator already.
   if (!parse_duration(text, d)) return std::nullopt;
   return d;
+}
+
+std::size_t size_arg(const std::string& text, std::size_t fallback) {
+  std::uint64_t n = 0;
+  if (text.empty() || !parse_size(text, n)) return fallback;
+  return static_cast<std::size_t>(n);
 }
 
 int report_write_failure() {
   const int saved = errno;
   write_all(STDERR_FILENO,
-            std::string("dogpile exec: cannot write the output: ") + std::strerror(saved) + "\n");
+            std::string("dogpile: exec: cannot write the output: ") + std::strerror(saved) + "\n");
   return kExitWriteFailed;
 }
 
-int run_exec(const ExecArgs& args) {
+int run_exec(ExecArgs args) {
   ExecOptions options;
   options.ttl = duration_arg(args.ttl);
   options.stale = duration_arg(args.stale);
   options.force = args.force;
   options.discard_failures = args.discard_failures;
+  options.cache_signals = args.cache_signals;
+  options.max_output = size_arg(args.max_output, kMaxExecOutput);
+  options.max_input = size_arg(args.max_input, kMaxExecOutput);
+  // One JSON document on stdout: output too large for it is dropped, and
+  // the run reported as an error below.
+  options.stream_overflow = !args.json;
+  if (args.ignore_stdin) args.spec.stdin_policy = StdinPolicy::kIgnore;
+  if (options.stale && options.ttl && *options.stale >= *options.ttl) {
+    write_all(STDERR_FILENO, "dogpile: exec: --stale " + args.stale +
+                                 " must be shorter than --ttl " + args.ttl +
+                                 ": results older than --stale are refreshed in the background, "
+                                 "older than --ttl in the foreground\nRun 'dogpile exec --help' "
+                                 "for usage.\n");
+    return kExitUsage;
+  }
 
   CommandCache cache({.dir = args.dir});
   if (args.warm) {
@@ -184,13 +209,24 @@ int run_exec(const ExecArgs& args) {
   if (!outcome.launch) {
     const int err = outcome.launch.sys_errno();
     const std::string message =
-        "dogpile exec: " + args.spec.argv.front() + ": " +
+        "dogpile: exec: " + args.spec.argv.front() + ": " +
         (err == ENOENT ? std::string("command not found") : std::string(std::strerror(err))) +
         "\n";
     write_all(STDERR_FILENO, message);
     return err == ENOENT ? kExitNotFound : kExitCannotExecute;
   }
   if (args.json) {
+    if (outcome.overflow != Overflow::kNone) {
+      const bool input = outcome.overflow == Overflow::kInput;
+      write_all(STDERR_FILENO,
+                std::string("dogpile: exec: the command's ") +
+                    (input ? "stdin" : "output") + " is larger than " +
+                    (input ? "--max-input" : "--max-output") + " (" +
+                    std::to_string(input ? options.max_input : options.max_output) +
+                    " bytes): nothing was stored, and --json cannot carry the output (exit " +
+                    std::to_string(outcome.result.exit_code) + ")\n");
+      return kExitCacheError;
+    }
     if (!write_all(STDOUT_FILENO, outcome_json(outcome))) return report_write_failure();
     return 0;
   }
@@ -199,15 +235,32 @@ int run_exec(const ExecArgs& args) {
   return outcome.result.exit_code;
 }
 
-const CLI::Validator& duration_validator() {
+// A name setenv would take: not empty, no '='.
+const CLI::Validator& env_name() {
   static const CLI::Validator validator(
-      [](std::string& text) -> std::string {
-        Duration d{};
-        if (!parse_duration(text, d)) return "not a duration: '" + text + "' (e.g. 30s, 10m, 2h)";
-        if (d.count() <= 0) return "must be longer than 0: '" + text + "'";
+      [](const std::string& name) -> std::string {
+        if (name.empty()) return "must not be empty";
+        if (name.find('=') != std::string::npos) {
+          return "'" + name + "' is not a variable name (it holds '='); give the name only";
+        }
         return {};
       },
-      "");
+      "", "NAME");
+  return validator;
+}
+
+// Sizes up to what one stored result can hold.
+const CLI::Validator& exec_limit() {
+  static const CLI::Validator validator(
+      [](const std::string& text) -> std::string {
+        std::uint64_t n = 0;
+        if (Status s = parse_size(text, n); !s) return s.message();
+        if (n > kMaxExecOutput) {
+          return "'" + text + "' is more than a stored result can hold (256MiB)";
+        }
+        return {};
+      },
+      "", "SIZE");
   return validator;
 }
 
@@ -231,21 +284,22 @@ CLI::App* add_exec_command(CLI::App& app, std::function<int()>& run) {
       "Print one JSON object (key, cached, stale, created_at, exit_code, signal, stdout, "
       "stderr) instead of replaying; exit 0");
   CLI::Option* ttl = cmd->add_option("--ttl", args->ttl,
-                                     "Regenerate results older than this (e.g. 30s, 10m, 2h); "
-                                     "default: keep until removed")
+                                     "Regenerate results older than this (e.g. 90s, 10m, "
+                                     "1h30m, 2d); default: keep until removed")
                          ->type_name("DURATION")
-                         ->check(duration_validator());
+                         ->check(positive_duration());
   cmd->add_option("--stale", args->stale,
-                  "With --ttl: for this long after the ttl, print the old result at once and "
-                  "refresh it in one detached background process")
+                  "Shorter than --ttl: print a result older than this at once and refresh it "
+                  "in one detached background process (as bkt's --stale)")
       ->type_name("DURATION")
-      ->check(duration_validator())
+      ->check(positive_duration())
       ->needs(ttl);
   cmd->add_flag("--cwd", args->spec.cwd, "Make the working directory part of the key");
   cmd->add_option("--env", args->spec.env,
                   "Make this environment variable's value (or its absence) part of the key; "
                   "repeatable")
       ->type_name("NAME")
+      ->check(env_name())
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->expected(1);
   cmd->add_option("--modtime", args->spec.modtime,
@@ -256,6 +310,20 @@ CLI::App* add_exec_command(CLI::App& app, std::function<int()>& run) {
       ->expected(1);
   cmd->add_flag("--discard-failures", args->discard_failures,
                 "Do not cache a run that exits non-zero or is killed by a signal");
+  cmd->add_flag("--cache-signals", args->cache_signals,
+                "Cache a run killed by a signal too (by default it is printed, not stored)");
+  cmd->add_flag("--ignore-stdin", args->ignore_stdin,
+                "Pass stdin to the command without reading it; it is not part of the key");
+  cmd->add_option("--max-output", args->max_output,
+                  "Cache at most this much output (stdout and stderr together; default "
+                  "256MiB); a command writing more streams through and is not cached")
+      ->type_name("SIZE")
+      ->check(exec_limit());
+  cmd->add_option("--max-input", args->max_input,
+                  "Read at most this much stdin for the key (default 256MiB); with more, the "
+                  "command runs uncached and reads all of it")
+      ->type_name("SIZE")
+      ->check(exec_limit());
   CLI::Option* warm = cmd->add_flag(
       "--warm", args->warm, "Refresh the result in a detached background process; print nothing");
   CLI::Option* force = cmd->add_flag("--force", args->force, "Run again and store the new result");
@@ -270,14 +338,18 @@ CLI::App* add_exec_command(CLI::App& app, std::function<int()>& run) {
       ->type_name("")
       ->required();
   cmd->footer(
-      "The key is the command line, plus the working directory, variables and files named by\n"
-      "--cwd, --env and --modtime, plus --scope. Exit status: the command's own (128+N when\n"
-      "signal N killed it; 0 with --json or --warm), 126 when it cannot be executed, 127 when\n"
-      "it is not found, 2 for a usage error, 3 for a cache error.\n"
+      "The key is the command line, plus stdin when it is a pipe or a file (read to its end\n"
+      "first; a terminal or /dev/null is not read), plus the working directory, variables and\n"
+      "files named by --cwd, --env and --modtime, plus --scope. A run killed by a signal is\n"
+      "not cached unless --cache-signals; one that exits non-zero is, unless\n"
+      "--discard-failures. Exit status: the command's own (128+N when signal N killed it; 0\n"
+      "with --json or --warm), 126 when it cannot be executed, 127 when it is not found, 2 for\n"
+      "a usage error, 3 for a cache error.\n"
       "\n"
       "Examples:\n"
       "  dogpile exec -- curl -s https://example.com/status.json\n"
-      "  dogpile exec --ttl 10m --stale 1h --cwd -- git log --oneline -20\n"
+      "  dogpile exec --ttl 1h --stale 10m --cwd -- git log --oneline -20\n"
+      "  jq .name package.json | dogpile exec -- ./lookup.sh   # stdin is part of the key\n"
       "  dogpile exec --modtime Cargo.lock --env RUSTFLAGS -- cargo metadata --format-version 1\n"
       "  dogpile exec --warm --ttl 10m -- ./slow-report.sh   # e.g. from cron");
   cmd->callback([args, &run] { run = [args] { return run_exec(*args); }; });

@@ -28,6 +28,7 @@ class UniqueFd {
   UniqueFd& operator=(const UniqueFd&) = delete;
 
   int get() const noexcept { return fd_; }
+  bool valid() const noexcept { return fd_ >= 0; }
   // Gives up ownership: the caller closes the descriptor.
   int release() noexcept { return std::exchange(fd_, -1); }
 

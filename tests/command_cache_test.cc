@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -90,6 +92,69 @@ class EnvGuard {
 
 std::vector<std::string> sh(const std::string& script) { return {"/bin/sh", "-c", script}; }
 
+// Puts `fd` (0 or 1) on another file while it lives and restores it after.
+class FdRedirect {
+ public:
+  FdRedirect(int fd, int replacement) : fd_(fd), saved_(::dup(fd)) {
+    std::fflush(nullptr);
+    REQUIRE(saved_ >= 0);
+    REQUIRE(::dup2(replacement, fd_) == fd_);
+    ::close(replacement);
+  }
+  ~FdRedirect() {
+    std::fflush(nullptr);
+    ::dup2(saved_, fd_);
+    ::close(saved_);
+  }
+  FdRedirect(const FdRedirect&) = delete;
+  FdRedirect& operator=(const FdRedirect&) = delete;
+
+ private:
+  int fd_;
+  int saved_;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+int open_file(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  return fd;
+}
+
+// This process's stdin is a file holding `bytes` (written to `path`).
+struct StdinFile : FdRedirect {
+  StdinFile(const std::string& path, const std::string& bytes)
+      : FdRedirect(STDIN_FILENO, (write_file(path, bytes), open_file(path, O_RDONLY))) {}
+};
+
+// This process's stdin is a pipe holding `bytes` (at most a pipe's buffer), then EOF.
+struct StdinPipe : FdRedirect {
+  explicit StdinPipe(const std::string& bytes) : FdRedirect(STDIN_FILENO, filled_pipe(bytes)) {}
+  static int filled_pipe(const std::string& bytes) {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    REQUIRE(::write(fds[1], bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
+    ::close(fds[1]);
+    return fds[0];
+  }
+};
+
+// The tests never read the runner's stdin: a harness that leaves it an open
+// pipe would block every StdinPolicy::kAuto read. /dev/null is not read.
+[[maybe_unused]] const bool kStdinIsNull = [] {
+  const int fd = ::open("/dev/null", O_RDONLY);
+  return fd >= 0 && ::dup2(fd, STDIN_FILENO) == STDIN_FILENO && ::close(fd) == 0;
+}();
+
+// What a run produced, without the record of what ran where.
+bool same_output(const CommandResult& a, const CommandResult& b) {
+  return a.exit_code == b.exit_code && a.signal == b.signal && a.out == b.out && a.err == b.err;
+}
+
 Region exec_region(const std::string& dir) {
   return Region({.name = CommandCache::kRegion}, "lmdb", {{"path", dir}});
 }
@@ -115,6 +180,16 @@ TEST_CASE("key material: version, tags, lengths", "[command_cache][key]") {
         "dogpile-exec-key/1" + field('a', "ls") + field('a', "-l"));
   CHECK(command_key_material({.argv = {"ls"}, .scope = "web"}) ==
         "dogpile-exec-key/1" + field('a', "ls") + field('s', "web"));
+  // Input is keyed by its XXH3-128, canonical byte order.
+  CHECK(command_key_material({.argv = {"wc"}, .input = "abc"}) ==
+        "dogpile-exec-key/1" + field('a', "wc") +
+            field('i', std::string("\x06\xb0\x5a\xb6\x73\x3a\x61\x85\x78\xaf\x5f\x94\x89"
+                                   "\x2f\x39\x50", 16)));
+  CHECK(command_key({.argv = {"wc"}, .input = "a\n"}) !=
+        command_key({.argv = {"wc"}, .input = "abcdef\n"}));
+  CHECK(command_key({.argv = {"wc"}, .input = ""}) == command_key({.argv = {"wc"}}));
+  CHECK_THROWS_AS(command_key({.argv = {"x"}, .env = {"A=B"}}), ConfigError);
+  CHECK_THROWS_AS(command_key({.argv = {"x"}, .env = {""}}), ConfigError);
 
   EnvGuard guard_a("DOGPILE_TEST_A");
   EnvGuard guard_b("DOGPILE_TEST_B");
@@ -252,7 +327,9 @@ TEST_CASE("CommandResult round-trips through a region byte for byte", "[command_
   const CommandResult result{.exit_code = 128 + 9,
                              .signal = 9,
                              .out = all_bytes(3) + std::string(5, '\0'),
-                             .err = std::string("\0\xff\n", 3) + all_bytes(1)};
+                             .err = std::string("\0\xff\n", 3) + all_bytes(1),
+                             .argv = {"sh", "-c", "kill -9 $$"},
+                             .cwd = "/tmp/x y"};
   {
     Region region({.name = "exec"}, "lmdb", {{"path", dir.path()}});
     region.set("k", result);
@@ -342,8 +419,13 @@ TEST_CASE("CommandCache runs once and replays", "[command_cache]") {
   CHECK_FALSE(first.cached);
   CHECK(first.created_at);
   CHECK(first.key == command_key(spec));
-  CHECK(first.result == CommandResult{.exit_code = 3, .out = std::string("out\0", 4),
-                                      .err = "err\n"});
+  CHECK(same_output(first.result, CommandResult{.exit_code = 3, .out = std::string("out\0", 4),
+                                                .err = "err\n"}));
+  // What ran where is recorded, for people listing the cache.
+  CHECK(first.result.argv == spec.argv);
+  char cwd[4096];
+  REQUIRE(::getcwd(cwd, sizeof cwd) != nullptr);
+  CHECK(first.result.cwd == cwd);
 
   const ExecOutcome second = cache.run(spec);
   CHECK(second.cached);
@@ -374,7 +456,8 @@ TEST_CASE("CommandCache: concurrent processes share one run", "[command_cache][m
   const auto pids = spawn(12, gate, [&](int) {
     CommandCache cache({.dir = dir / "cache"});
     const ExecOutcome o = cache.run(spec);
-    const bool same = o.result == CommandResult{.exit_code = 3, .out = "out\n", .err = "err\n"};
+    const bool same =
+        same_output(o.result, CommandResult{.exit_code = 3, .out = "out\n", .err = "err\n"});
     return same ? 0 : 1;
   });
   gate.open_gate();
@@ -436,7 +519,7 @@ TEST_CASE("CommandCache: a command that cannot start is reported, not stored",
   const ExecOutcome o = cache.run(spec);
   CHECK_FALSE(o.launch);
   CHECK(o.launch.sys_errno() == ENOENT);
-  CHECK(o.result == CommandResult{});
+  CHECK(same_output(o.result, CommandResult{}));
   CHECK_FALSE(exec_region(dir / "cache").get_value_metadata(o.key));
   // Once it exists, it runs.
   write_file(dir / "missing", "#!/bin/sh\necho now\n");
@@ -464,7 +547,7 @@ TEST_CASE("CommandCache: ttl regenerates old results", "[command_cache]") {
   clock->advance(24h);
   CHECK(cache.run(spec).cached);
   CHECK(cache.run(spec).result.out == "2\n");
-  // The stored entry carries ttl + stale as its expiry, for purge.
+  // The stored entry carries ttl as its expiry, for purge.
   const std::optional<Metadata> meta = exec_region(dir / "cache").get_value_metadata(
       regenerated.key);
   REQUIRE(meta);
@@ -481,15 +564,16 @@ TEST_CASE("CommandCache: stale results are served while one detached refresh run
   const CommandSpec spec{.argv = sh("n=$(wc -l < '" + log + "'); echo run$n >> '" + log +
                                     "'; while [ ! -e '" + gate_file +
                                     "' ]; do sleep 0.01; done; echo v$n")};
-  const ExecOptions options{.ttl = 10s, .stale = 100s};
+  const ExecOptions options{.ttl = 100s, .stale = 10s};
   write_file(log, "");
   write_file(gate_file, "");
   CommandCache cache({.dir = dir / "cache", .clock = clock});
   const ExecOutcome first = cache.run(spec, options);
   CHECK(first.result.out == "v0\n");
 
-  // In the stale window: served at once (the refresh is held at the gate, so
-  // a caller waiting for it could not return), refreshed in the background.
+  // Older than stale, younger than ttl: served at once (the refresh is held
+  // at the gate, so a caller waiting for it could not return), refreshed in
+  // the background.
   REQUIRE(::unlink(gate_file.c_str()) == 0);
   clock->advance(20s);
   const ExecOutcome stale = cache.run(spec, options);
@@ -517,7 +601,12 @@ TEST_CASE("CommandCache: stale results are served while one detached refresh run
   CHECK(after.result.out == "v1\n");
   CHECK(read_lines(log) == std::vector<std::string>{"run0", "run1"});
 
-  // Past ttl + stale: regenerated in the foreground.
+  // Younger than stale: fresh, nothing started.
+  clock->advance(5s);
+  const ExecOutcome fresh = cache.run(spec, options);
+  CHECK_FALSE(fresh.stale);
+  CHECK_FALSE(fresh.refresh_started);
+  // Past ttl: regenerated in the foreground.
   clock->advance(200s);
   const ExecOutcome expired = cache.run(spec, options);
   CHECK_FALSE(expired.cached);
@@ -549,6 +638,13 @@ TEST_CASE("CommandCache: bad options and bad directories", "[command_cache]") {
   CHECK_THROWS_AS(cache.run({.argv = {}}), ConfigError);
   CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.stale = 1s}), ConfigError);
   CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.ttl = 0s}), ConfigError);
+  // stale is bkt's: a threshold below the ttl.
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.ttl = 10s, .stale = 10s}), ConfigError);
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.ttl = 10s, .stale = 1h}), ConfigError);
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.ttl = 10s, .stale = 0s}), ConfigError);
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}, .env = {"A=B"}}), ConfigError);
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.max_output = kMaxExecOutput + 1}), ConfigError);
+  CHECK_THROWS_AS(cache.run({.argv = {"true"}}, {.max_input = kMaxExecOutput + 1}), ConfigError);
 
   write_file(dir / "file", "not a directory");
   try {
@@ -557,4 +653,220 @@ TEST_CASE("CommandCache: bad options and bad directories", "[command_cache]") {
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find(dir / "file") != std::string::npos);
   }
+}
+
+TEST_CASE("run_command feeds input, then the rest of this process's stdin",
+          "[command_cache][run][stdin]") {
+  TempDir dir;
+  CommandResult r;
+  RunReport report;
+  const std::string input = "given\n";
+  REQUIRE(run_command({"cat"}, {.input = &input}, r, report));
+  CHECK(r.out == "given\n");
+
+  // Larger than any pipe buffer, fed while the output is read.
+  const std::string big = all_bytes(4096);  // 1 MiB
+  REQUIRE(run_command({"cat"}, {.input = &big}, r, report));
+  CHECK(r.out == big);
+
+  const std::string head = "already read|";
+  StdinFile stdin_file(dir / "in", "rest of stdin");
+  REQUIRE(run_command({"cat"}, {.input = &head, .input_continues = true}, r, report));
+  CHECK(r.out == "already read|rest of stdin");
+}
+
+TEST_CASE("run_command: a command that stops reading its input costs nothing",
+          "[command_cache][run][stdin]") {
+  // 8 MiB into `head -c 1`: the pipe closes early; SIGPIPE must not reach us.
+  const std::string big(8 << 20, 'x');
+  CommandResult r;
+  RunReport report;
+  REQUIRE(run_command({"head", "-c", "1"}, {.input = &big}, r, report));
+  CHECK(r.out == "x");
+  CHECK(r.exit_code == 0);
+  REQUIRE(run_command({"true"}, {.input = &big}, r, report));
+  CHECK(r.exit_code == 0);
+  sigset_t pending;
+  sigemptyset(&pending);
+  ::sigpending(&pending);
+  CHECK_FALSE(sigismember(&pending, SIGPIPE));
+}
+
+TEST_CASE("run_command: output past max_output streams through or is dropped",
+          "[command_cache][run][limits]") {
+  TempDir dir;
+  const auto script = sh("printf 'early '; printf 'warn ' >&2; head -c 100000 /dev/zero | tr '\\0' z; "
+                         "printf ' late' >&2; exit 5");
+  CommandResult r;
+  RunReport report;
+  {
+    FdRedirect out(STDOUT_FILENO, open_file(dir / "out", O_WRONLY | O_CREAT | O_TRUNC));
+    FdRedirect err(STDERR_FILENO, open_file(dir / "err", O_WRONLY | O_CREAT | O_TRUNC));
+    REQUIRE(run_command(script, {.max_output = 1000}, r, report));
+  }
+  CHECK(report.overflowed);
+  CHECK(r.exit_code == 5);
+  CHECK(r.out.empty());
+  CHECK(r.err.empty());
+  CHECK(read_file(dir / "out") == "early " + std::string(100000, 'z'));
+  CHECK(read_file(dir / "err") == "warn  late");
+
+  // Within the limit: all kept, nothing written through.
+  REQUIRE(run_command(script, {.max_output = 100016}, r, report));
+  CHECK_FALSE(report.overflowed);
+  CHECK(r.out.size() == 100006);
+
+  // Dropped: nothing kept, nothing written, the run still ends normally.
+  {
+    FdRedirect out(STDOUT_FILENO, open_file(dir / "out2", O_WRONLY | O_CREAT | O_TRUNC));
+    REQUIRE(run_command(script, {.max_output = 10, .stream_overflow = false}, r, report));
+  }
+  CHECK(report.overflowed);
+  CHECK(r.exit_code == 5);
+  CHECK(read_file(dir / "out2").empty());
+}
+
+TEST_CASE("run_command: when the reader of streamed output leaves, the command meets EPIPE",
+          "[command_cache][run][limits]") {
+  // `yes` never ends by itself: only a closed pipe stops it, as in `yes | head`.
+  int fds[2];
+  REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+  std::thread reader([fd = fds[0]] {
+    char buf[20];
+    std::size_t got = 0;
+    while (got < sizeof buf) {
+      const ssize_t n = ::read(fd, buf + got, sizeof buf - got);
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    ::close(fd);
+  });
+  CommandResult r;
+  RunReport report;
+  Status s;
+  {
+    FdRedirect out(STDOUT_FILENO, fds[1]);
+    s = run_command({"yes"}, {.max_output = 4096}, r, report);
+  }
+  reader.join();
+  REQUIRE(s);
+  CHECK(report.overflowed);
+  CHECK(r.signal == SIGPIPE);
+  CHECK(r.exit_code == 128 + SIGPIPE);
+}
+
+TEST_CASE("CommandCache: stdin that carries data is part of the key",
+          "[command_cache][stdin]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  CommandCache cache({.dir = dir / "cache"});
+  const CommandSpec wc{.argv = sh("echo run >> '" + log + "'; wc -c")};
+  const auto run_with = [&](auto&& make_stdin, const CommandSpec& spec) {
+    auto redirect = make_stdin();
+    return cache.run(spec);
+  };
+  const auto pipe_of = [](std::string bytes) {
+    return [bytes] { return std::make_unique<StdinPipe>(bytes); };
+  };
+  const ExecOutcome a = run_with(pipe_of("a\n"), wc);
+  const ExecOutcome b = run_with(pipe_of("abcdef\n"), wc);
+  const ExecOutcome a2 = run_with(pipe_of("a\n"), wc);
+  CHECK(a.result.out == "2\n");
+  CHECK(b.result.out == "7\n");
+  CHECK_FALSE(b.cached);
+  CHECK(a2.cached);
+  CHECK(a2.result.out == "2\n");
+  // A file holding the same bytes is the same input.
+  const ExecOutcome from_file = run_with(
+      [&] { return std::make_unique<StdinFile>(dir / "in", "abcdef\n"); }, wc);
+  CHECK(from_file.cached);
+  CHECK(from_file.result.out == "7\n");
+  CHECK(read_lines(log).size() == 2);
+
+  // /dev/null (the tests' own stdin) is not data: no input in the key.
+  const ExecOutcome null_in = cache.run(wc);
+  CHECK(null_in.key == command_key(wc));
+  CHECK(null_in.result.out == "0\n");
+  // kIgnore: the command reads stdin, which is not in the key.
+  CommandSpec ignore = wc;
+  ignore.stdin_policy = StdinPolicy::kIgnore;
+  const ExecOutcome ignored = run_with(pipe_of("ignored\n"), ignore);
+  CHECK(ignored.key == command_key(wc));
+  CHECK(ignored.cached);  // the /dev/null run's result
+  CHECK(ignored.result.out == "0\n");
+}
+
+TEST_CASE("CommandCache: stdin past max_input runs uncached with all of it",
+          "[command_cache][stdin][limits]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  CommandCache cache({.dir = dir / "cache"});
+  const CommandSpec spec{.argv = sh("echo run >> '" + log + "'; wc -c")};
+  const std::string input(100000, 'i');
+  ExecOutcome o;
+  {
+    StdinFile in(dir / "in", input);
+    FdRedirect out(STDOUT_FILENO, open_file(dir / "out", O_WRONLY | O_CREAT | O_TRUNC));
+    o = cache.run(spec, {.max_input = 1000});
+  }
+  CHECK(o.overflow == Overflow::kInput);
+  CHECK_FALSE(o.cached);
+  CHECK(o.key.empty());
+  CHECK(o.result.exit_code == 0);
+  CHECK(o.result.out.empty());
+  CHECK(read_file(dir / "out") == "100000\n");  // streamed, every byte of stdin read
+  Region region = exec_region(dir / "cache");
+  CommandSpec with_input = spec;
+  with_input.input = input;
+  CHECK_FALSE(region.get_value_metadata(command_key(with_input)));
+  {
+    StdinFile in(dir / "in", input);
+    CHECK_THROWS_AS(cache.warm(spec, {.max_input = 1000}), ConfigError);
+  }
+  // Within the limit it is a key like any other.
+  StdinFile in(dir / "in", input);
+  const ExecOutcome kept = cache.run(spec, {.max_input = 100000});
+  CHECK(kept.overflow == Overflow::kNone);
+  CHECK(kept.result.out == "100000\n");
+  CHECK(region.get_value_metadata(kept.key));
+}
+
+TEST_CASE("CommandCache: output past max_output streams and is not stored",
+          "[command_cache][limits]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  CommandCache cache({.dir = dir / "cache"});
+  const CommandSpec spec{.argv = sh("echo run >> '" + log + "'; head -c 5000 /dev/zero; exit 3")};
+  ExecOutcome first;
+  {
+    FdRedirect out(STDOUT_FILENO, open_file(dir / "out", O_WRONLY | O_CREAT | O_TRUNC));
+    first = cache.run(spec, {.max_output = 4096});
+  }
+  CHECK(first.overflow == Overflow::kOutput);
+  CHECK(first.result.exit_code == 3);
+  CHECK(first.result.out.empty());
+  CHECK(read_file(dir / "out").size() == 5000);
+  CHECK_FALSE(exec_region(dir / "cache").get_value_metadata(first.key));
+  // The next call runs again; with room, it is stored.
+  const ExecOutcome second = cache.run(spec);
+  CHECK_FALSE(second.cached);
+  CHECK(second.result.out.size() == 5000);
+  CHECK(cache.run(spec).cached);
+  CHECK(read_lines(log).size() == 2);
+}
+
+TEST_CASE("CommandCache: a run killed by a signal is stored only with cache_signals",
+          "[command_cache]") {
+  TempDir dir;
+  const std::string log = dir / "log";
+  CommandCache cache({.dir = dir / "cache"});
+  const CommandSpec killed{.argv = sh("echo run >> '" + log + "'; kill -KILL $$")};
+  CHECK(cache.run(killed).result.signal == SIGKILL);
+  CHECK_FALSE(cache.run(killed).cached);
+  CHECK(read_lines(log).size() == 2);
+  CHECK_FALSE(cache.run(killed, {.cache_signals = true}).cached);
+  const ExecOutcome kept = cache.run(killed, {.cache_signals = true});
+  CHECK(kept.cached);
+  CHECK(kept.result.exit_code == 128 + SIGKILL);
+  CHECK(read_lines(log).size() == 3);
 }

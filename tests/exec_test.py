@@ -93,7 +93,8 @@ def test_concurrent(work):
         procs.append(subprocess.Popen(
             ["sh", "-c", launcher, "sh", BINARY, "exec", "--dir", cache, "--", "sh", "-c",
              script],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env()))
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=clean_env()))
     open(gate, "w").close()
     results = [(p.returncode, out, err) for p in procs
                for out, err in [p.communicate(timeout=TIMEOUT_S)]]
@@ -142,13 +143,16 @@ def test_stale(work):
     # A run after the first waits at the gate: while it is closed, a caller
     # that waited for the refresh could never finish.
     cmd = counter_script(log, "[ $n = 0 ] || while [ ! -e '%s' ]; do sleep 0.01; done;" % gate)
-    opts = ["--ttl", "3s", "--stale", "10m"]
+    # bkt's meaning: older than --stale (and younger than --ttl) is served
+    # at once and refreshed in the background.
+    opts = ["--ttl", "10m", "--stale", "3s"]
     first = dogpile(cache, *cmd, options=opts)
     check("--stale: first run", first.stdout == b"v0\n", show(first))
-    time.sleep(3.2)  # past the ttl, inside the stale window
+    time.sleep(3.2)  # past --stale, well inside --ttl
 
     procs = [subprocess.Popen([BINARY, "exec", "--dir", cache] + opts + ["--"] + cmd,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=clean_env())
              for _ in range(8)]
     outs = []
     for p in procs:
@@ -169,7 +173,7 @@ def test_stale(work):
         r = dogpile(cache, *cmd, options=opts + ["--json"])
         return r.returncode == 0 and as_json(r)["stdout"] == "v1\n"
     check("--stale: later invocations see the refreshed output", wait_until(refreshed))
-    # A second refresh would start from a stale value only, i.e. not within the 3 s ttl.
+    # A second refresh would start from a stale value only, i.e. not within the 3 s.
     check("--stale: exactly one refresh ran", lines(log) == ["run0", "run1"], repr(lines(log)))
     plain = dogpile(cache, *cmd, options=opts)
     check("--stale: replay after the refresh", plain.stdout == b"v1\n", show(plain))
@@ -191,14 +195,14 @@ def test_ttl_force_warm(work):
     d = dogpile(cache, *cmd)
     check("no --ttl: any stored result is replayed", d.stdout == b"v1\n", show(d))
 
-    # The longest durations there are: ttl + stale saturates, never wraps
-    # into an expiry in the past (which would cache nothing).
+    # The longest durations there are never wrap into an expiry in the past
+    # (which would cache nothing).
     log = os.path.join(work, "long-log")
     cmd = counter_script(log)
-    longest = ["--ttl", "106751d", "--stale", "106751d", "--json"]
+    longest = ["--ttl", "106751d", "--stale", "106750d", "--json"]
     first = as_json(dogpile(cache, *cmd, options=longest))
     second = as_json(dogpile(cache, *cmd, options=longest))
-    check("--ttl 106751d --stale 106751d: the result is cached",
+    check("--ttl 106751d --stale 106750d: the result is cached",
           (first["cached"], second["cached"], second["stale"], lines(log)) ==
           (False, True, False, ["run0"]), repr((first, second, lines(log))))
     too_long = dogpile(cache, *cmd, options=["--ttl", "106752d"])
@@ -245,12 +249,19 @@ def test_failures(work):
     check("failures are cached without --discard-failures",
           r3.returncode == 4 and r4.returncode == 4 and len(lines(log)) == 3, repr(lines(log)))
 
-    killed = dogpile(cache, "sh", "-c", "echo partial; kill -KILL $$")
-    check("a signal death replays as 128+signal",
+    log = os.path.join(work, "kill-log")
+    cmd = ["sh", "-c", "echo run >> '%s'; echo partial; kill -KILL $$" % log]
+    killed = dogpile(cache, *cmd)
+    check("a signal death exits 128+signal with its output",
           (killed.returncode, killed.stdout) == (137, b"partial\n"), show(killed))
-    again = as_json(dogpile(cache, "sh", "-c", "echo partial; kill -KILL $$", options=["--json"]))
-    check("--json reports the signal", (again["signal"], again["exit_code"], again["cached"])
-          == (9, 137, True), repr(again))
+    again = as_json(dogpile(cache, *cmd, options=["--json"]))
+    check("a signal death is not cached; --json reports the signal",
+          (again["signal"], again["exit_code"], again["cached"], len(lines(log)))
+          == (9, 137, False, 2), repr(again))
+    dogpile(cache, *cmd, options=["--cache-signals"])
+    kept = dogpile(cache, *cmd, options=["--cache-signals"])
+    check("--cache-signals caches it; it replays as 128+signal",
+          (kept.returncode, kept.stdout, len(lines(log))) == (137, b"partial\n", 3), show(kept))
 
     missing = dogpile(cache, os.path.join(work, "no-such-command"), "x")
     check("a missing command exits 127 with a message",
@@ -368,6 +379,15 @@ def test_json_and_cli(work):
 
     r = dogpile(cache, "cat", stdin=b"from stdin\n")
     check("the command reads the caller's stdin", r.stdout == b"from stdin\n", show(r))
+    r = dogpile(cache, "true", options=["--ttl", "1h30m", "--stale", "2d"])
+    check("--stale not shorter than --ttl is a usage error naming both",
+          r.returncode == 2 and b"--stale 2d" in r.stderr and b"--ttl 1h30m" in r.stderr, show(r))
+    r = dogpile(cache, "true", options=["--ttl", "1h30x"])
+    check("a bad duration is a usage error quoting it",
+          r.returncode == 2 and b"'1h30x'" in r.stderr, show(r))
+    r = dogpile(cache, "echo", "durations", options=["--ttl", "1w", "--stale", "1h30m"])
+    check("humantime durations are accepted", (r.returncode, r.stdout) == (0, b"durations\n"),
+          show(r))
     r = subprocess.run([BINARY, "exec", "--dir", cache, "printf", "%s|", "--json", "--ttl",
                         "x"], capture_output=True, env=clean_env(), timeout=TIMEOUT_S)
     check("options after the command name belong to the command",
@@ -382,13 +402,20 @@ def test_json_and_cli(work):
         ["exec", "--dir", cache, "--warm", "--force", "--", "true"],
         ["exec", "--dir", cache, "--warm", "--json", "--", "true"],
         ["exec", "--dir", cache, "--bogus", "--", "true"],
+        ["exec", "--dir", cache, "--env", "A=B", "--", "true"],
+        ["exec", "--dir", cache, "--env", "", "--", "true"],
+        ["exec", "--dir", cache, "--max-output", "1GiB", "--", "true"],
+        ["exec", "--dir", cache, "--max-input", "lots", "--", "true"],
     ]
     for args in usage:
         argv = [a for a in args if a != "(no command)"]
         r = subprocess.run([BINARY] + argv, capture_output=True, env=clean_env(),
                            timeout=TIMEOUT_S)
-        check("usage error exits 2: " + " ".join(args[3:]), r.returncode == 2 and r.stderr,
-              show(r))
+        check("usage error exits 2: " + " ".join(args[3:]),
+              r.returncode == 2 and r.stderr.startswith(b"dogpile: "), show(r))
+        if "A=B" in args:
+            check("--env A=B names the value", b"'A=B' is not a variable name" in r.stderr,
+                  show(r))
 
     not_dir = os.path.join(work, "a-file")
     with open(not_dir, "w") as f:
@@ -410,10 +437,89 @@ def test_json_and_cli(work):
           r.stdout == b"hi\n" and os.path.exists(os.path.join(env_dir, "data.mdb")), show(r))
 
 
+def shell(script, env=None):
+    """Runs a shell pipeline with $DP for the binary; returns CompletedProcess (bytes)."""
+    return subprocess.run(["sh", "-c", script], capture_output=True, stdin=subprocess.DEVNULL,
+                          env=clean_env(dict(env or {}, DP=BINARY)), timeout=TIMEOUT_S)
+
+
+def test_stdin(work):
+    cache = os.path.join(work, "cache")
+    a = shell("echo a | \"$DP\" exec --dir '%s' -- wc -c" % cache)
+    b = shell("echo abcdef | \"$DP\" exec --dir '%s' -- wc -c" % cache)
+    c = shell("echo a | \"$DP\" exec --dir '%s' --json -- wc -c" % cache)
+    check("stdin from a pipe is part of the key",
+          (a.stdout, b.stdout) == (b"2\n", b"7\n"), show(a) + " / " + show(b))
+    check("the same stdin replays", as_json(c)["cached"] and as_json(c)["stdout"].strip() == "2",
+          show(c))
+    src = os.path.join(work, "input")
+    with open(src, "wb") as f:
+        f.write(b"abcdef\n")
+    d = shell("\"$DP\" exec --dir '%s' --json -- wc -c < '%s'" % (cache, src))
+    check("a file on stdin with the same bytes is the same key",
+          as_json(d)["cached"] and as_json(d)["stdout"].strip() == "7", show(d))
+    e = shell("\"$DP\" exec --dir '%s' -- wc -c < /dev/null" % cache)
+    f = shell("echo ignored | \"$DP\" exec --dir '%s' --ignore-stdin --json -- wc -c" % cache)
+    check("/dev/null is not read; --ignore-stdin keys without stdin",
+          e.stdout.strip() == b"0" and as_json(f)["cached"]
+          and as_json(f)["stdout"].strip() == "0", show(e) + " / " + show(f))
+    g = shell("echo fresh | \"$DP\" exec --dir '%s' --ignore-stdin -- cat" % cache)
+    check("--ignore-stdin passes stdin to the command", g.stdout == b"fresh\n", show(g))
+
+    log = os.path.join(work, "big-log")
+    script = "head -c 3000000 /dev/zero | \"$DP\" exec --dir '%s' --max-input 1MiB -- " \
+             "sh -c 'echo run >> %s; wc -c'" % (cache, log)
+    h1 = shell(script)
+    h2 = shell(script)
+    check("stdin past --max-input: the command reads all of it, uncached",
+          (h1.returncode, h1.stdout.strip(), h2.stdout.strip(), len(lines(log)))
+          == (0, b"3000000", b"3000000", 2), show(h1) + " / " + show(h2))
+
+
+def test_limits(work):
+    cache = os.path.join(work, "cache")
+    # `yes` never ends; with the default limit the output streams once it
+    # passes 256 MiB, the reader leaves, and `yes` dies of SIGPIPE.
+    proc = subprocess.Popen([BINARY, "exec", "--dir", cache, "--", "yes"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+    head = proc.stdout.read(20)
+    proc.stdout.close()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        code, usage = None, None
+    proc.returncode = code
+    check("exec -- yes | head -c 20: ends with the command's status (SIGPIPE, 141)",
+          head == b"y\n" * 10 and code == 141, "head %r, exit %r" % (head, code))
+    check("exec -- yes: memory stays bounded (< 1 GiB resident)",
+          usage is not None and usage.ru_maxrss < 1024 * 1024, "maxrss %r KiB"
+          % (usage.ru_maxrss if usage else None))
+
+    log = os.path.join(work, "big-log")
+    cmd = ["sh", "-c", "echo run >> '%s'; head -c 100000 /dev/zero | tr '\\0' o; echo err >&2; "
+           "exit 4" % log]
+    r1 = dogpile(cache, *cmd, options=["--max-output", "10KiB"])
+    r2 = dogpile(cache, *cmd, options=["--max-output", "10KiB"])
+    check("output past --max-output streams through whole, with the command's status",
+          (r1.returncode, r1.stdout, r1.stderr) == (4, b"o" * 100000, b"err\n"), show(r1))
+    check("output past --max-output is not cached", r2.returncode == 4 and len(lines(log)) == 2,
+          repr(lines(log)))
+    j = dogpile(cache, *cmd, options=["--max-output", "10KiB", "--json"])
+    check("--json with output past --max-output: exit 3 naming the limit, nothing on stdout",
+          j.returncode == 3 and j.stdout == b"" and b"--max-output" in j.stderr, show(j))
+    r3 = dogpile(cache, *cmd)
+    r4 = dogpile(cache, *cmd)
+    check("within the default limit the same output is cached",
+          r4.stdout == b"o" * 100000 and len(lines(log)) == 4, repr(lines(log)))
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="dogpile-exec-test-") as root:
         for test in (test_concurrent, test_bytes, test_stale, test_ttl_force_warm,
-                     test_failures, test_key_parts, test_json_and_cli):
+                     test_failures, test_key_parts, test_json_and_cli, test_stdin,
+                     test_limits):
             work = os.path.join(root, test.__name__)
             os.makedirs(work)
             try:
