@@ -29,6 +29,7 @@
 #include "dogpile/config.h"
 #include "dogpile/error.h"
 #include "dogpile/store.h"
+#include "dogpile/value_view.h"
 #include "strf.h"
 
 namespace dogpile::cli {
@@ -191,6 +192,13 @@ std::string to_hex(std::string_view s) {
 
 std::string type_tag_hex(std::uint64_t tag) {
   return strf("0x%016llx", static_cast<unsigned long long>(tag));
+}
+
+// A type as people read it: its registered name when the library knows it,
+// else its tag.
+std::string type_text(std::uint64_t tag) {
+  const std::string_view name = known_type_name(tag);
+  return name.empty() ? type_tag_hex(tag) : std::string(name);
 }
 
 // The layout of `hexdump -C`: offset, 16 bytes in two groups of 8, the
@@ -826,6 +834,8 @@ std::string_view invalidated_name(Invalidated how) {
   return {};
 }
 
+Json optional_string(const std::string& s) { return s.empty() ? Json() : Json::string(s); }
+
 Json invalidated_json(Invalidated how) {
   const std::string_view name = invalidated_name(how);
   return name.empty() ? Json() : Json::string(std::string(name));
@@ -942,7 +952,16 @@ struct LsArgs : CommonArgs {
   std::uint64_t limit = 0;
 };
 
-Json entry_info_json(const EntryInfo& info) {
+// What `ls` says of an entry beyond its header: a command result's command
+// line, directory and exit status. Read only for types that have one.
+std::string entry_summary(Store& store, const EntryInfo& info) {
+  if (!info.valid || !has_summary(info.meta.type_tag)) return {};
+  Entry entry;
+  if (!store.get(info.region, info.key, entry) || !entry.info.valid) return {};
+  return view_value(entry.info.meta, entry.payload).summary;
+}
+
+Json entry_info_json(const EntryInfo& info, const std::string& summary) {
   Json j = Json::object();
   j.set("region", Json::string(info.region));
   set_key(j, info.key);
@@ -954,17 +973,19 @@ Json entry_info_json(const EntryInfo& info) {
     j.set("expires",
           info.meta.expires_at_ns ? Json::string(iso8601(*info.meta.expires_at_ns, true)) : Json());
     j.set("codec", Json::string(std::string(codec_name(info.meta.codec))));
+    j.set("type", optional_string(std::string(known_type_name(info.meta.type_tag))));
     j.set("type_tag", Json::string(type_tag_hex(info.meta.type_tag)));
     j.set("schema_version", Json::number(info.meta.schema_version));
     j.set("payload_size", Json::number(info.payload_size));
     j.set("sequence", Json::number_token(std::to_string(info.meta.sequence)));
     j.set("invalidated", invalidated_json(info.invalidated));
   } else {
-    for (const char* field : {"created", "expires", "codec", "type_tag", "schema_version",
-                              "payload_size", "sequence", "invalidated"}) {
+    for (const char* field : {"created", "expires", "codec", "type", "type_tag",
+                              "schema_version", "payload_size", "sequence", "invalidated"}) {
       j.set(field, Json());
     }
   }
+  j.set("summary", optional_string(summary));
   j.set("write_seq", Json::number(info.write_seq));
   return j;
 }
@@ -981,7 +1002,9 @@ int run_ls(const LsArgs& options) {
   const std::vector<EntryInfo> entries = store.list(list);
   if (options.json) {
     Json array = Json::array();
-    for (const EntryInfo& info : entries) array.push(entry_info_json(info));
+    for (const EntryInfo& info : entries) {
+      array.push(entry_info_json(info, entry_summary(store, info)));
+    }
     Json doc = Json::object();
     doc.set("entries", std::move(array));
     print_json(doc);
@@ -998,12 +1021,14 @@ int run_ls(const LsArgs& options) {
       continue;
     }
     const std::string_view invalidated = invalidated_name(info.invalidated);
+    const std::string summary = entry_summary(store, info);
     table.add({printable(info.region), u64(info.size), iso8601(info.meta.created_at_ns, false),
                expires_text(info.meta, false), std::string(codec_name(info.meta.codec)),
-               type_tag_hex(info.meta.type_tag), u64(info.meta.schema_version),
-               printable(info.key) + (invalidated.empty() ? std::string()
-                                                          : "  [invalidated: " +
-                                                                std::string(invalidated) + "]")});
+               type_text(info.meta.type_tag), u64(info.meta.schema_version),
+               printable(info.key) +
+                   (summary.empty() ? std::string() : "  " + printable(summary)) +
+                   (invalidated.empty() ? std::string()
+                                        : "  [invalidated: " + std::string(invalidated) + "]")});
   }
   std::string out;
   table.print(out);
@@ -1037,6 +1062,29 @@ bool expired(const EnvelopeMeta& meta) {
   return meta.expires_at_ns && *meta.expires_at_ns <= now_ns();
 }
 
+// A decoded part's bytes as text when they read as text, else as hex.
+Json part_json(const ValueView::Part& part) {
+  Json j = Json::object();
+  j.set("name", Json::string(part.name));
+  const bool text = is_text(part.bytes);
+  j.set("format", Json::string(text ? "text" : "hex"));
+  j.set("data", Json::string(text ? part.bytes : to_hex(part.bytes)));
+  return j;
+}
+
+// Writes a decoded part: text as it is (ending in a newline), other bytes
+// as a hexdump; under a heading when the value has several parts.
+void write_part(const ValueView::Part& part, bool heading) {
+  if (heading) write_out("--- " + part.name + " (" + u64(part.bytes.size()) + " bytes)\n");
+  if (part.bytes.empty()) return;
+  if (is_text(part.bytes)) {
+    write_out(part.bytes);
+    if (part.bytes.back() != '\n') write_out("\n");
+  } else {
+    hexdump(part.bytes);
+  }
+}
+
 int run_get(const GetArgs& options) {
   Store store = open_store(options);
   Entry entry;
@@ -1049,8 +1097,11 @@ int run_get(const GetArgs& options) {
                                      in_quotes(info.region) + " of " + store.path() + ": " +
                                      info.problem);
   }
+  const ValueView view = view_value(info.meta, entry.payload);
   if (options.raw) {
-    write_out(entry.payload);
+    // The value's own bytes when the type is known (a string's contents, a
+    // command's stdout), else the payload as stored.
+    write_out(view.decoded && !view.parts.empty() ? view.parts.front().bytes : entry.payload);
     return kExitOk;
   }
   Json parsed;
@@ -1070,6 +1121,7 @@ int run_get(const GetArgs& options) {
     doc.set("sequence", Json::number_token(std::to_string(meta.sequence)));
     doc.set("invalidated", invalidated_json(info.invalidated));
     doc.set("codec", Json::string(std::string(codec_name(meta.codec))));
+    doc.set("type", optional_string(view.type_name));
     doc.set("type_tag", Json::string(type_tag_hex(meta.type_tag)));
     doc.set("schema_version", Json::number(meta.schema_version));
     doc.set("write_seq", Json::number(info.write_seq));
@@ -1086,6 +1138,18 @@ int run_get(const GetArgs& options) {
         doc.set("payload_format", Json::string("hex"));
         doc.set("payload", Json::string(to_hex(entry.payload)));
         break;
+    }
+    // The decoded value, for the types this tool knows; null otherwise.
+    if (view.decoded) {
+      Json fields = Json::object();
+      for (const ValueView::Part& f : view.fields) fields.set(f.name, Json::string(f.bytes));
+      doc.set("fields", std::move(fields));
+      Json parts = Json::array();
+      for (const ValueView::Part& p : view.parts) parts.push(part_json(p));
+      doc.set("value", std::move(parts));
+    } else {
+      doc.set("fields", Json());
+      doc.set("value", Json());
     }
     print_json(doc);
     return kExitOk;
@@ -1105,14 +1169,24 @@ int run_get(const GetArgs& options) {
                                                         "it was made)"});
   }
   table.add({"codec", std::string(codec_name(meta.codec))});
-  table.add({"type tag", type_tag_hex(meta.type_tag)});
+  table.add({"type", view.type_name.empty()
+                         ? type_tag_hex(meta.type_tag)
+                         : view.type_name + " (" + type_tag_hex(meta.type_tag) + ")"});
   table.add({"schema version", u64(meta.schema_version)});
   table.add({"write sequence", u64(info.write_seq)});
+  for (const ValueView::Part& f : view.fields) table.add({f.name, printable(f.bytes)});
   static constexpr const char* kFormNames[] = {"JSON, re-indented", "text", "hexdump"};
   table.add({"payload",
-             u64(info.payload_size) + " bytes, shown as " + kFormNames[static_cast<int>(form)]});
+             u64(info.payload_size) + " bytes, shown " +
+                 (view.decoded ? "decoded as " + view.type_name
+                               : std::string("as ") + kFormNames[static_cast<int>(form)])});
   table.print(out);
   out += '\n';
+  if (view.decoded) {
+    write_out(out);
+    for (const ValueView::Part& part : view.parts) write_part(part, view.parts.size() > 1);
+    return kExitOk;
+  }
   switch (form) {
     case PayloadForm::kJson:
       parsed.dump(out);
@@ -1503,7 +1577,9 @@ CLI::App* add_get_command(CLI::App& app, std::function<int()>& run) {
       ->type_name("REGION")
       ->capture_default_str()
       ->check(not_empty());
-  command->add_flag("--raw", options->raw, "Write only the payload's bytes, as they are stored")
+  command->add_flag("--raw", options->raw,
+                    "Write only the value's bytes: a string's or byte vector's contents, a "
+                    "command result's stdout, else the payload as stored")
       ->excludes(command->get_option("--json"));
   return command;
 }

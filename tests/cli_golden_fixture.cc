@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "dogpile/command_cache.h"
 #include "dogpile/dogpile.h"
 #include "dogpile/lmdb_backend.h"
 
@@ -142,6 +143,17 @@ void populate(const std::string& dir) {
     // statistics shown are known.
     backend->add_usage(
         {.hits = 5, .misses = 2, .stale_served = 1, .creations = 2, .mismatches = 1});
+  }
+  {
+    // A stored `dogpile exec` result, as CommandCache writes it.
+    auto backend = open_region(dir, "exec");
+    const dogpile::CommandResult result{.exit_code = 0,
+                                        .out = "4f1c2e9 Fix the parser\nb7d03a1 Add tests\n",
+                                        .err = "warning: shallow clone\n",
+                                        .argv = {"git", "log", "--oneline", "-2"},
+                                        .cwd = "/src/app"};
+    put(*backend, "nightly/f8a456adc9d24e3a7f5440603ffe1103",
+        envelope(CodecId::kBinary, result, kT0Ns));
   }
   auto backend = open_region(dir, "default");
   backend->add_usage({.hits = 40,

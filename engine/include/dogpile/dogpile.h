@@ -25,3 +25,4 @@
 #include "dogpile/stats_proxy.h"     // IWYU pragma: export
 #include "dogpile/store.h"           // IWYU pragma: export
 #include "dogpile/usage_counters.h"  // IWYU pragma: export
+#include "dogpile/value_view.h"      // IWYU pragma: export
