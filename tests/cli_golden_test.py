@@ -365,7 +365,9 @@ def run_on_terminal(binary, args):
     """Runs with stderr on a pseudo-terminal; returns (exit, stdout, terminal output)."""
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([binary] + args, env=clean_env(), stdout=subprocess.PIPE,
+        # A terminal that can redraw a line, whatever TERM the tests run with.
+        proc = subprocess.Popen([binary] + args, env=clean_env({"TERM": "xterm"}),
+                                stdout=subprocess.PIPE,
                                 stderr=slave, stdin=subprocess.DEVNULL)
     finally:
         os.close(slave)
@@ -411,7 +413,8 @@ def check_progress(binary, fixture_bin, tmp):
         code, _, seen = run_on_terminal(binary, [a.replace("%d", "2") for a in big_args] +
                                         ["--dir", big])
         check("%s on a big cache, stderr a terminal: a progress bar, erased at the end" % name,
-              code == 0 and bar.search(seen) is not None and seen.endswith("\r\x1b[K"),
+              code == 0 and bar.search(seen) is not None and
+              re.search(r"\r +\r$", seen) is not None,
               repr(seen))
         code, _, seen = run_on_terminal(binary, small_args + ["--dir", small])
         check("%s on a small cache, stderr a terminal: no progress bar" % name,
