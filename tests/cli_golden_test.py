@@ -35,6 +35,8 @@ import sys
 import tempfile
 import threading
 
+from checks import check, report
+
 TIMEOUT_S = 120
 PROGRESS_ENTRIES = 6000  # above the CLI's 5,000-entry progress threshold
 
@@ -121,17 +123,6 @@ NORMALISE = [
     (re.compile(r"(at stamp )\d+"), r"\1<STAMP>"),
     (re.compile(r'("(?:hard|soft)_stamp": )\d+'), r"\1<STAMP>"),
 ]
-
-failures = []
-passed = []
-
-
-def check(name, condition, detail=""):
-    if condition:
-        passed.append(name)
-    else:
-        failures.append(name + (": " + detail if detail else ""))
-    return condition
 
 
 def clean_env(extra=None):
@@ -451,14 +442,7 @@ def main(argv):
             check_values(binary, fixture_bin, tmp)
             check_progress(binary, fixture_bin, tmp)
 
-    for name in passed:
-        print("ok    " + name)
-    for failure in failures:
-        print("FAIL  " + failure)
-    print("cli_golden_test: %d passed, %d failed%s" % (len(passed), len(failures),
-                                                       " (golden files updated)" if update
-                                                       else ""))
-    return 1 if failures else 0
+    return report("cli_golden_test", " (golden files updated)" if update else "")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from checks import check, report
+
 TIMEOUT_S = 60
 BIG_ENTRIES = 200000   # verify takes most of a second: time to interrupt it
 SHRUNK_BEFORE = 60000  # written, then purged: free pages a compacted copy leaves out
@@ -28,17 +30,6 @@ SHRUNK_AFTER = 6000    # above the CLI's 5,000-entry progress threshold
 AMOUNT = r"\d+(?:\.\d+)? (?:B|[KMGTPE]iB)|\d+"
 FRAME = re.compile(r"\r(compact|verify|purge) \[([#-]{30})\] +(\d+)%% (%s)/(%s) *" %
                    (AMOUNT, AMOUNT))
-
-failures = []
-passed = []
-
-
-def check(name, condition, detail=""):
-    if condition:
-        passed.append(name)
-    else:
-        failures.append(name + (": " + detail if detail else ""))
-    return condition
 
 
 def environment(term="xterm"):
@@ -188,12 +179,7 @@ def main(argv):
         check_no_bar(binary, shrunk)
         check_interrupted(binary, big, tmp)
 
-    for name in passed:
-        print("ok    " + name)
-    for failure in failures:
-        print("FAIL  " + failure)
-    print("cli_terminal_test: %d passed, %d failed" % (len(passed), len(failures)))
-    return 1 if failures else 0
+    return report("cli_terminal_test")
 
 
 if __name__ == "__main__":

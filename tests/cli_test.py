@@ -18,21 +18,12 @@ import sys
 import tempfile
 import time
 
+from checks import check, report
+
 TIMEOUT_S = 300
 KEY_ROW = re.compile(r"^(demo:\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s")
 CODEC_ROW = re.compile(
     r"\b(raw|binary|portable_binary|json)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s*$")
-
-failures = []
-passed = []
-
-
-def check(name, condition, detail=""):
-    if condition:
-        passed.append(name)
-    else:
-        failures.append(name + (": " + detail if detail else ""))
-    return condition
 
 
 def run(binary, args, env_extra=None, home=None):
@@ -250,12 +241,7 @@ def main(argv):
         cache = check_compact_interrupted(binary, tmp, home)
         check_truncated_data(binary, tmp, home, cache)
 
-    for name in passed:
-        print("ok    " + name)
-    for failure in failures:
-        print("FAIL  " + failure)
-    print("cli_test: %d passed, %d failed" % (len(passed), len(failures)))
-    return 1 if failures else 0
+    return report("cli_test")
 
 
 if __name__ == "__main__":
