@@ -655,7 +655,9 @@ int fail(int code, const std::string& message) {
 // line, and compact's partial copy. The handler only writes, unlinks, rmdirs
 // and re-raises, all async-signal-safe; what it needs is prepared beforehand.
 // Objects may nest (compact's names the staging directory, its bar's guards
-// the line): they install the same handler and share its state.
+// the line): they install the same handler and share its state. A signal
+// the process was started ignoring (nohup's SIGHUP, SIGINT in a background
+// job) stays ignored.
 class OnInterrupt {
  public:
   // With `staging` (Store::compact_staging_path), the files compact writes
@@ -670,7 +672,8 @@ class OnInterrupt {
     action.sa_handler = &on_signal;
     sigemptyset(&action.sa_mask);
     for (std::size_t i = 0; i < kSignals.size(); ++i) {
-      ::sigaction(kSignals[i], &action, &previous_[i]);
+      ::sigaction(kSignals[i], nullptr, &previous_[i]);
+      if (previous_[i].sa_handler != SIG_IGN) ::sigaction(kSignals[i], &action, nullptr);
     }
   }
   ~OnInterrupt() {

@@ -64,15 +64,17 @@ def last_line(shown):
     return "".join(line)
 
 
-def on_terminal(binary, args, env, stop_with=None):
-    """Runs with stderr on a new pseudo-terminal (stdout a pipe). With
-    `stop_with`, sends that signal once a bar frame has been shown.
-    Returns (exit, stdout, terminal output, whether the signal was sent
-    while it ran)."""
+def on_terminal(binary, args, env, stop_with=None, ignoring=None):
+    """Runs with stderr on a new pseudo-terminal (stdout a pipe), and signal
+    `ignoring` ignored, as nohup does. With `stop_with`, sends that signal
+    once a bar frame has been shown. Returns (exit, stdout, terminal output,
+    whether the signal was sent while it ran)."""
     master, slave = pty.openpty()
     try:
         proc = subprocess.Popen([binary] + args, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=slave)
+                                stdout=subprocess.PIPE, stderr=slave,
+                                preexec_fn=ignoring and (
+                                    lambda: signal.signal(ignoring, signal.SIG_IGN)))
     finally:
         os.close(slave)
     seen = b""
@@ -141,6 +143,15 @@ def check_no_bar(binary, shrunk):
 
 
 def check_interrupted(binary, big, tmp):
+    # Started ignoring SIGHUP (nohup), a command keeps ignoring it.
+    dest = os.path.join(tmp, "big-copy-nohup")
+    code, stdout, shown, signalled = on_terminal(binary, ["compact", "--dir", big, dest],
+                                                 environment(), stop_with=signal.SIGHUP,
+                                                 ignoring=signal.SIGHUP)
+    check("compact under nohup, SIGHUP while its bar is shown: carries on to the end",
+          signalled and code == 0 and os.path.exists(os.path.join(dest, "data.mdb")) and
+          last_line(shown).strip() == "", "exit %s, %r" % (code, shown))
+
     dest = os.path.join(tmp, "big-copy")
     staging = os.path.join(tmp, ".big-copy.compacting")
     # purge last: it removes the entries.
