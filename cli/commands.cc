@@ -5,22 +5,21 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
-#include <condition_variable>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <functional>
 #include <iostream>
 #include <iterator>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -660,45 +659,152 @@ int fail(int code, const std::string& message) {
   return code;
 }
 
+// What ^C, SIGTERM or SIGHUP must tidy before the process ends as the signal
+// asks (it is raised again, so a shell sees 130 for ^C): a progress bar's
+// line, and compact's partial copy. The handler only writes, unlinks, rmdirs
+// and re-raises, all async-signal-safe; what it needs is prepared beforehand.
+// Objects may nest (compact's names the staging directory, its bar's guards
+// the line): they install the same handler and share its state. A signal
+// the process was started ignoring (nohup's SIGHUP, SIGINT in a background
+// job) stays ignored.
+class OnInterrupt {
+ public:
+  // With `staging` (Store::compact_staging_path), the files compact writes
+  // there and the directory itself are removed.
+  explicit OnInterrupt(const std::string& staging = {}) : owns_staging_(!staging.empty()) {
+    if (owns_staging_) {
+      copy(staging + "/data.mdb", files_[0]);
+      copy(staging + "/region-stamps", files_[1]);
+      copy(staging, dir_);
+    }
+    struct sigaction action {};
+    action.sa_handler = &on_signal;
+    sigemptyset(&action.sa_mask);
+    for (std::size_t i = 0; i < kSignals.size(); ++i) {
+      ::sigaction(kSignals[i], nullptr, &previous_[i]);
+      if (previous_[i].sa_handler != SIG_IGN) ::sigaction(kSignals[i], &action, nullptr);
+    }
+  }
+  ~OnInterrupt() {
+    for (std::size_t i = 0; i < kSignals.size(); ++i) {
+      ::sigaction(kSignals[i], &previous_[i], nullptr);
+    }
+    if (owns_staging_) {
+      for (Path& file : files_) file[0] = '\0';
+      dir_[0] = '\0';
+    }
+  }
+  OnInterrupt(const OnInterrupt&) = delete;
+  OnInterrupt& operator=(const OnInterrupt&) = delete;
+
+  // The bar on stderr's line is `columns` wide now; 0 once it is blank.
+  static void line_drawn(std::size_t columns) noexcept {
+    line_columns_.store(std::min(columns, kBlank.size() - 1));
+  }
+  // Spaces over the bar between carriage returns: unlike an erase-line
+  // escape, every terminal that can show the bar understands them.
+  static void blank_line() noexcept {
+    const std::size_t columns = line_columns_.load();
+    if (columns == 0) return;
+    // A failed write leaves nothing to tidy: stderr is gone.
+    if (::write(STDERR_FILENO, kBlank.data(), columns + 1) >= 0) {
+      [[maybe_unused]] const ssize_t ignored = ::write(STDERR_FILENO, "\r", 1);
+    }
+  }
+
+ private:
+  static constexpr std::array<int, 3> kSignals = {SIGINT, SIGTERM, SIGHUP};
+  using Path = std::array<char, 4096>;
+  // '\r' and the most spaces a line may need.
+  static constexpr auto kBlank = [] {
+    std::array<char, 256> blank{};
+    blank.fill(' ');
+    blank[0] = '\r';
+    return blank;
+  }();
+
+  static void copy(const std::string& from, Path& to) {
+    const std::size_t n = std::min(from.size(), to.size() - 1);
+    from.copy(to.data(), n);
+    to[n] = '\0';
+  }
+  static void on_signal(int sig) {
+    blank_line();
+    for (const Path& file : files_) {
+      if (file[0] != '\0') ::unlink(file.data());
+    }
+    if (dir_[0] != '\0') ::rmdir(dir_.data());
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+
+  static_assert(std::atomic<std::size_t>::is_always_lock_free, "read by a signal handler");
+  static inline std::atomic<std::size_t> line_columns_{0};
+  static inline std::array<Path, 2> files_{};
+  static inline Path dir_{};
+  bool owns_staging_;
+  std::array<struct sigaction, kSignals.size()> previous_{};
+};
+
+// Whether stderr is a terminal that can redraw a line: not a pipe or a file,
+// and not one that says it cannot (TERM=dumb, as editors' shells set, or no
+// TERM at all).
+bool can_redraw_stderr() {
+  if (::isatty(STDERR_FILENO) != 1) return false;
+  const char* term = std::getenv("TERM");
+  return term != nullptr && *term != '\0' && std::string_view(term) != "dumb";
+}
+
 // A one-line bar on stderr, for work over a whole cache that may take a
-// while: drawn only when stderr is a terminal and the cache holds more than
-// kProgressMinEntries entries, erased when the work ends.
+// while: drawn only when stderr can redraw a line (can_redraw_stderr) and
+// the cache holds more than kProgressMinEntries entries, blanked when the
+// work ends or a signal ends the process.
 class ProgressBar {
  public:
   enum class Unit { kItems, kBytes };
 
-  // `label` starts the line. Counts the store's entries only when stderr is
-  // a terminal, since nothing is drawn otherwise.
+  // `label` starts the line. Counts the store's entries only when stderr can
+  // show a bar, since nothing is drawn otherwise.
   ProgressBar(Store& store, std::string label, Unit unit)
       : label_(std::move(label)),
         unit_(unit),
-        enabled_(::isatty(STDERR_FILENO) == 1 &&
-                 store.stats().total.entries > kProgressMinEntries) {}
+        enabled_(can_redraw_stderr() && store.stats().total.entries > kProgressMinEntries) {
+    if (enabled_) on_interrupt_.emplace();
+  }
   ~ProgressBar() {
-    if (drawn_) std::cerr << "\r\033[K" << std::flush;
+    if (!drawn_) return;
+    OnInterrupt::blank_line();
+    OnInterrupt::line_drawn(0);
   }
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
 
-  bool enabled() const noexcept { return enabled_; }
+  // The Store's progress callback, drawing on this bar.
+  Progress progress() {
+    return [this](std::uint64_t done, std::uint64_t total) { update(done, total); };
+  }
 
   void update(std::uint64_t done, std::uint64_t total) {
     if (!enabled_ || total == 0) return;
     const auto now = std::chrono::steady_clock::now();
     if (drawn_ && done < total && now - last_draw_ < kProgressRedraw) return;
     last_draw_ = now;
-    drawn_ = true;
     done = std::min(done, total);
     const std::size_t filled = static_cast<std::size_t>(
         static_cast<double>(done) / static_cast<double>(total) * kProgressBarWidth);
     const auto amount = [&](std::uint64_t n) {
       return unit_ == Unit::kBytes ? human_bytes(n) : u64(n);
     };
-    std::string line = "\r" + label_ + " [" + std::string(filled, '#') +
+    std::string line = label_ + " [" + std::string(filled, '#') +
                        std::string(kProgressBarWidth - filled, '-') + "] " +
                        strf("%3d%%", static_cast<int>(done * 100 / total)) + " " + amount(done) +
-                       "/" + amount(total) + "\033[K";
-    std::cerr << line << std::flush;
+                       "/" + amount(total);
+    // Padded over a longer frame before it; the handler blanks the widest.
+    width_ = std::max(width_, line.size());
+    line.resize(width_, ' ');
+    OnInterrupt::line_drawn(width_);
+    drawn_ = true;
+    std::cerr << ('\r' + line) << std::flush;
   }
 
  private:
@@ -706,7 +812,9 @@ class ProgressBar {
   Unit unit_;
   bool enabled_;
   bool drawn_ = false;
+  std::size_t width_ = 0;  // of the widest frame drawn
   std::chrono::steady_clock::time_point last_draw_;
+  std::optional<OnInterrupt> on_interrupt_;  // while a bar may be drawn
 };
 
 // ---------------------------------------------------------------------------
@@ -1237,8 +1345,7 @@ int run_purge(const CommonArgs& options) {
   PurgeReport report;
   {
     ProgressBar bar(store, "purge", ProgressBar::Unit::kItems);
-    report =
-        store.purge([&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
+    report = store.purge(bar.progress());
   }
   if (options.json) {
     Json doc = Json::object();
@@ -1319,8 +1426,7 @@ int run_verify(const CommonArgs& options) {
   VerifyReport report;
   {
     ProgressBar bar(store, "verify", ProgressBar::Unit::kItems);
-    report =
-        store.verify([&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
+    report = store.verify(bar.progress());
   }
   if (options.json) {
     Json doc = Json::object();
@@ -1368,74 +1474,12 @@ std::optional<std::uint64_t> file_size(const std::string& path) {
   return static_cast<std::uint64_t>(st.st_size);
 }
 
-// While compact runs, ^C, SIGTERM or SIGHUP remove the partial copy before
-// the process ends as the signal asks. The paths are formatted beforehand:
-// a signal handler may only unlink, rmdir and re-raise.
-class RemoveOnInterrupt {
- public:
-  explicit RemoveOnInterrupt(const std::string& staging) {
-    copy(staging + "/data.mdb", files_[0]);
-    copy(staging + "/region-stamps", files_[1]);
-    copy(staging, dir_);
-    struct sigaction action {};
-    action.sa_handler = &on_signal;
-    sigemptyset(&action.sa_mask);
-    for (std::size_t i = 0; i < kSignals.size(); ++i) {
-      ::sigaction(kSignals[i], &action, &previous_[i]);
-    }
-  }
-  ~RemoveOnInterrupt() {
-    for (std::size_t i = 0; i < kSignals.size(); ++i) {
-      ::sigaction(kSignals[i], &previous_[i], nullptr);
-    }
-  }
-  RemoveOnInterrupt(const RemoveOnInterrupt&) = delete;
-  RemoveOnInterrupt& operator=(const RemoveOnInterrupt&) = delete;
-
- private:
-  static constexpr std::array<int, 3> kSignals = {SIGINT, SIGTERM, SIGHUP};
-  using Path = std::array<char, 4096>;
-
-  static void copy(const std::string& from, Path& to) {
-    const std::size_t n = std::min(from.size(), to.size() - 1);
-    from.copy(to.data(), n);
-    to[n] = '\0';
-  }
-  static void on_signal(int sig) {
-    for (const Path& file : files_) ::unlink(file.data());
-    ::rmdir(dir_.data());
-    ::signal(sig, SIG_DFL);
-    ::raise(sig);
-  }
-
-  static inline std::array<Path, 2> files_{};
-  static inline Path dir_{};
-  std::array<struct sigaction, kSignals.size()> previous_{};
-};
-
 int run_compact(const CompactArgs& options) {
   Store store = open_store(options);
   {
-    const std::string staging = Store::compact_staging_path(options.dest);
-    const RemoveOnInterrupt remove_on_interrupt(staging);
-    // The copy reports no progress of its own; the bar follows the new
-    // data.mdb as it grows towards the pages in use.
+    const OnInterrupt remove_partial_copy(Store::compact_staging_path(options.dest));
     ProgressBar bar(store, "compact", ProgressBar::Unit::kBytes);
-    std::mutex mutex;
-    std::condition_variable_any wake;
-    std::jthread watcher;
-    if (bar.enabled()) {
-      watcher = std::jthread([&, total = store.stats().used_bytes](std::stop_token stop) {
-        std::unique_lock lock(mutex);
-        do {
-          bar.update(file_size(staging + "/data.mdb").value_or(0), total);
-        } while (!wake.wait_for(lock, stop, kProgressRedraw, [] { return false; }) &&
-                 !stop.stop_requested());
-      });
-    }
-    store.compact(options.dest);
-    // The watcher stops (and joins) before the bar is erased.
-    watcher = std::jthread();
+    store.compact(options.dest, bar.progress());
   }
   const std::uint64_t before = file_size(store.path() + "/data.mdb").value_or(0);
   const std::uint64_t after = file_size(options.dest + "/data.mdb").value_or(0);

@@ -12,13 +12,10 @@
 
 #include "dogpile/error.h"
 #include "dogpile/status.h"
+#include "dogpile/version.h"
 
 #include "commands.h"
 #include "exec.h"
-
-#ifndef DOGPILE_VERSION
-#error "DOGPILE_VERSION must be defined by the build (cli/meson.build)"
-#endif
 
 namespace {
 
@@ -87,8 +84,11 @@ std::string error_text(const std::exception& e) {
 int main(int argc, char** argv) {
   CLI::App app{"dogpile: a persistent on-disk cache shared by the processes of one host"};
   app.name("dogpile");
-  app.set_version_flag("--version", std::string("dogpile ") + DOGPILE_VERSION,
-                       "Print the version and exit");
+  // The libraries' versions too: a bug report needs them.
+  app.set_version_flag("--version",
+                       "dogpile " + dogpile::version() + "\nLMDB " + dogpile::lmdb_version() +
+                           ", cereal " + dogpile::cereal_version(),
+                       "Print the versions of dogpile, LMDB and cereal and exit");
   app.require_subcommand(1);
   // Set before the subcommands are added: they copy it.
   app.failure_message([](const CLI::App* command, const CLI::Error& e) {

@@ -9,11 +9,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <system_error>
 #include <utility>
 
 #include "backends/lmdb_env.h"
@@ -40,6 +43,8 @@ using internal::StoreDbs;
 constexpr std::uint64_t kClearBatch = 1000;
 // Progress callbacks run at most once per this many units (and at the end).
 constexpr std::uint64_t kProgressStep = 4096;
+// How often compact looks at the size of the copy it writes.
+constexpr auto kCopyPoll = std::chrono::milliseconds(50);
 // The store reads whatever an envelope holds: sizes are still checked
 // against the bytes at hand, which is what keeps decoding safe.
 constexpr std::size_t kAnyValueSize = std::numeric_limits<std::size_t>::max();
@@ -238,6 +243,76 @@ Status check_destination(const std::string& dest) {
 }
 
 // A new file, 0600, never through a symlink.
+// The bytes a compacted copy of `env` holds, counted as mdb_env_copyfd2
+// (MDB_CP_COMPACT) counts them: every page up to the last one in use, less
+// the free pages the free list names and the free list's own pages, which
+// the copy leaves out. Another process's commit may change it before the
+// copy starts.
+Status compacted_size(LmdbEnv& env, std::uint64_t& out) {
+  ReadTxn txn;
+  if (Status s = env.begin_read(txn); !s) return s;
+  MDB_envinfo info{};
+  if (const int rc = mdb_env_info(env.raw(), &info); rc != MDB_SUCCESS) {
+    return env.status(rc, "cannot read the environment's information");
+  }
+  constexpr MDB_dbi kFreeDbi = 0;  // LMDB's free list
+  MDB_stat free_stat{};
+  if (const int rc = mdb_stat(txn.get(), kFreeDbi, &free_stat); rc != MDB_SUCCESS) {
+    return env.status(rc, "cannot read the free list's statistics");
+  }
+  std::uint64_t unused =
+      free_stat.ms_branch_pages + free_stat.ms_leaf_pages + free_stat.ms_overflow_pages;
+  CursorPtr cursor;
+  if (Status s = open_cursor(env, txn.get(), kFreeDbi, cursor); !s) return s;
+  MDB_val k{};
+  MDB_val v{};
+  int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_FIRST);
+  for (; rc == MDB_SUCCESS; rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_NEXT)) {
+    // Each record is a page list whose first word is its length.
+    std::size_t listed = 0;
+    if (v.mv_size < sizeof listed) return env.status(MDB_CORRUPTED, "cannot read the free list");
+    std::memcpy(&listed, v.mv_data, sizeof listed);
+    unused += listed;
+  }
+  if (rc != MDB_NOTFOUND) return env.status(rc, "cannot read the free list");
+  const std::uint64_t pages = std::uint64_t{info.me_last_pgno} + 1;
+  out = (pages > unused ? pages - unused : 0) * free_stat.ms_psize;
+  return Status::ok();
+}
+
+// mdb_env_copyfd2(MDB_CP_COMPACT) into `fd`. With `progress`, the copy runs
+// on a thread of its own while this one reports the file's size every
+// kCopyPoll, so the callback runs on the calling thread as purge's and
+// verify's do. The size reported stays below `total`: the caller's last call
+// says when the copy is done.
+Status copy_compacted(LmdbEnv& env, int fd, const std::string& path, std::uint64_t total,
+                      const Progress& progress, int& rc) {
+  if (!progress) {
+    rc = mdb_env_copyfd2(env.raw(), fd, MDB_CP_COMPACT);
+    return Status::ok();
+  }
+  const auto report = [&] {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return Status::io_error("cannot stat", path, errno);
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    progress(std::min(size, total - 1), total);
+    return Status::ok();
+  };
+  std::future<int> copy;
+  try {
+    copy = std::async(std::launch::async, mdb_env_copyfd2, env.raw(), fd, MDB_CP_COMPACT);
+  } catch (const std::system_error& e) {
+    return Status::io_error("cannot start the copy's thread", path, e.code().value());
+  }
+  // The future's destructor waits for the copy, should reporting fail.
+  if (Status s = report(); !s) return s;
+  while (copy.wait_for(kCopyPoll) == std::future_status::timeout) {
+    if (Status s = report(); !s) return s;
+  }
+  rc = copy.get();
+  return Status::ok();
+}
+
 Status create_file(const std::string& path, int& out) {
   out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (out < 0) return Status::io_error("cannot create file", path, errno);
@@ -441,7 +516,7 @@ struct Store::Impl {
   Status clear(std::optional<std::string_view> region, std::uint64_t& out);
   Status invalidate(std::string_view region, bool hard);
   Status verify(const Progress& progress, VerifyReport& out);
-  Status compact(const std::string& dest);
+  Status compact(const std::string& dest, const Progress& progress);
 
   // A region's invalidation stamps (0: never), from the directory's stamps
   // file when there is one: inspecting never creates it.
@@ -1009,7 +1084,7 @@ Status Store::Impl::verify(const Progress& progress, VerifyReport& out) {
   return Status::ok();
 }
 
-Status Store::Impl::compact(const std::string& dest_arg) {
+Status Store::Impl::compact(const std::string& dest_arg, const Progress& progress) {
   if (dest_arg.empty()) {
     return Status::error(StatusCode::kInvalidArgument, "compact destination is empty");
   }
@@ -1030,6 +1105,11 @@ Status Store::Impl::compact(const std::string& dest_arg) {
   int raw_fd = -1;
   if (Status s = create_file(data_dest, raw_fd); !s) return s;
   internal::UniqueFd fd(raw_fd);
+  std::uint64_t total = 0;
+  if (progress) {
+    if (Status s = compacted_size(*e, total); !s) return s;
+    total = std::max<std::uint64_t>(total, 1);
+  }
   for (int attempt = 0;; ++attempt) {
     int rc = MDB_SUCCESS;
     {
@@ -1037,7 +1117,7 @@ Status Store::Impl::compact(const std::string& dest_arg) {
       // (absorbing another process's growth) while the copy reads the map.
       ReadTxn pin;
       if (Status s = e->begin_read(pin); !s) return s;
-      rc = mdb_env_copyfd2(e->raw(), fd.get(), MDB_CP_COMPACT);
+      if (Status s = copy_compacted(*e, fd.get(), data_dest, total, progress, rc); !s) return s;
     }
     if (rc == MDB_SUCCESS) break;
     // The map grew between our transaction and the copy's: the next
@@ -1049,13 +1129,18 @@ Status Store::Impl::compact(const std::string& dest_arg) {
       return Status::io_error("cannot truncate", data_dest, errno);
     }
   }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Status::io_error("cannot stat", data_dest, errno);
+  const auto copied = static_cast<std::uint64_t>(st.st_size);
   if (Status s = sync_and_close(fd, data_dest); !s) return s;
   if (Status s = copy_stamps(path + "/" + internal::StampFile::kFileName,
                              staging.file(internal::StampFile::kFileName));
       !s) {
     return s;
   }
-  return staging.publish(dest);
+  if (Status s = staging.publish(dest); !s) return s;
+  if (progress) progress(copied, copied);
+  return Status::ok();
 }
 
 std::string Store::compact_staging_path(const std::string& dest) {
@@ -1186,6 +1271,8 @@ VerifyReport Store::verify(const Progress& progress) {
   return out;
 }
 
-void Store::compact(const std::string& dest) { throw_if_error(impl_->compact(dest)); }
+void Store::compact(const std::string& dest, const Progress& progress) {
+  throw_if_error(impl_->compact(dest, progress));
+}
 
 }  // namespace dogpile

@@ -10,12 +10,13 @@ DOGPILE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # What a bare Debian 12 root (debootstrap's minbase) lacks to build and test:
 # apt-get runs with --no-install-recommends, so clang's sanitizer runtimes
 # (libclang-rt-14-dev, for the fuzz targets) are named, not left to clang's
-# Recommends; bsdextrautils is hexdump, which the CLI tests compare against.
+# Recommends; bsdextrautils is hexdump, which the CLI tests compare against;
+# help2man writes the man page from the command's help.
 # scripts/fresh-machine-check shows the list is complete.
 DOGPILE_PACKAGES=(
   meson ninja-build pkg-config cmake g++ clang python3
   liblmdb-dev libcereal-dev libxxhash-dev catch2 libcli11-dev libbenchmark-dev
-  libfuzzer-14-dev libclang-rt-14-dev bsdextrautils
+  libfuzzer-14-dev libclang-rt-14-dev bsdextrautils help2man
 )
 
 # The caches and tools scripts/bench measures dogpile against, and what draws

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """End-to-end checks of the dogpile command.
 
-Usage: cli_test.py path/to/dogpile [expected-version]
+Usage: cli_test.py path/to/dogpile [VERSION [LMDB-VERSION CEREAL-VERSION]]
+
+The versions, when given, are what `dogpile --version` must print.
 
 Runs the binary as a user would: flags, exit codes, and `dogpile demo` on
 fresh temporary cache directories (never the user's own cache).
@@ -16,21 +18,12 @@ import sys
 import tempfile
 import time
 
+from checks import check, report
+
 TIMEOUT_S = 300
 KEY_ROW = re.compile(r"^(demo:\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s")
 CODEC_ROW = re.compile(
     r"\b(raw|binary|portable_binary|json)\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s*$")
-
-failures = []
-passed = []
-
-
-def check(name, condition, detail=""):
-    if condition:
-        passed.append(name)
-    else:
-        failures.append(name + (": " + detail if detail else ""))
-    return condition
 
 
 def run(binary, args, env_extra=None, home=None):
@@ -157,21 +150,27 @@ def check_truncated_data(binary, tmp, home, cache):
 
 
 def main(argv):
-    if len(argv) not in (2, 3):
-        sys.stderr.write("usage: cli_test.py path/to/dogpile [expected-version]\n")
+    if len(argv) not in (2, 3, 5):
+        sys.stderr.write("usage: cli_test.py path/to/dogpile "
+                         "[VERSION [LMDB-VERSION CEREAL-VERSION]]\n")
         return 2
     binary = os.path.abspath(argv[1])
-    expected_version = argv[2] if len(argv) == 3 else None
+    expected_versions = argv[2:]
 
     with tempfile.TemporaryDirectory(prefix="dogpile-cli-test-") as tmp:
         home = os.path.join(tmp, "home")
         os.mkdir(home)
 
         r = run(binary, ["--version"], home=home)
-        version_ok = r.returncode == 0 and re.fullmatch(r"dogpile \d+\.\d+\.\d+\S*\n", r.stdout)
-        if version_ok and expected_version:
-            version_ok = r.stdout == "dogpile %s\n" % expected_version
-        check("--version prints the version", version_ok, show(r))
+        number = r"\d+\.\d+\.\d+\S*"
+        versions = re.fullmatch(r"dogpile (%s)\nLMDB (%s), cereal (%s)\n" % (number, number, number),
+                                r.stdout)
+        check("--version prints dogpile's, LMDB's and cereal's versions",
+              r.returncode == 0 and versions is not None, show(r))
+        if versions:
+            for name, printed, expected in zip(("dogpile", "LMDB", "cereal"), versions.groups(),
+                                               expected_versions):
+                check("--version: %s %s" % (name, expected), printed == expected, show(r))
 
         r = run(binary, ["--help"], home=home)
         check("--help lists demo", r.returncode == 0 and re.search(r"^\s+demo\b", r.stdout, re.M),
@@ -242,12 +241,7 @@ def main(argv):
         cache = check_compact_interrupted(binary, tmp, home)
         check_truncated_data(binary, tmp, home, cache)
 
-    for name in passed:
-        print("ok    " + name)
-    for failure in failures:
-        print("FAIL  " + failure)
-    print("cli_test: %d passed, %d failed" % (len(passed), len(failures)))
-    return 1 if failures else 0
+    return report("cli_test")
 
 
 if __name__ == "__main__":

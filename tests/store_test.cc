@@ -715,6 +715,44 @@ TEST_CASE("compact writes a smaller copy that opens with the same entries", "[st
   CHECK_THROWS_AS(store.compact(dir.path()), Error);
 }
 
+TEST_CASE("compact reports the bytes it copies, reaching the total when the copy is in place",
+          "[store]") {
+  TempDir dir;
+  {
+    Writer w(dir.path(), "r");
+    for (int i = 0; i < 3000; ++i) w.put(str_cat("k", i), std::string(1000, 'p'));
+  }
+  Store store = open_store(dir.path());
+  for (int i = 0; i < 3000; ++i) {
+    if (i % 10 != 0) REQUIRE(store.erase("r", str_cat("k", i)));
+  }
+
+  const std::string dest = dir / "copy";
+  struct Call {
+    std::uint64_t done, total;
+    bool in_place;
+  };
+  std::vector<Call> calls;
+  store.compact(dest, [&](std::uint64_t done, std::uint64_t total) {
+    calls.push_back({done, total, std::filesystem::exists(dest + "/data.mdb")});
+  });
+  const std::uint64_t copied = file_size(dest + "/data.mdb");
+  REQUIRE(calls.size() >= 2);  // one as the copy starts, one when it is in place
+  // With no other writer the total is exact from the start: the pages the
+  // copy holds, not the source's (most of which are free).
+  CHECK(calls.front().total == copied);
+  CHECK(copied < file_size(dir / "data.mdb") / 2);
+  CHECK(calls.back().done == copied);
+  CHECK(calls.back().total == copied);
+  CHECK(calls.back().in_place);
+  for (std::size_t i = 0; i + 1 < calls.size(); ++i) {
+    CHECK(calls[i].total == copied);
+    CHECK(calls[i].done < calls[i].total);
+    CHECK_FALSE(calls[i].in_place);
+  }
+  CHECK(open_store(dest).list().size() == 300);
+}
+
 TEST_CASE("compact stages its copy beside the destination and renames it into place",
           "[store]") {
   TempDir dir;

@@ -1,8 +1,8 @@
 // dogpile: a persistent on-disk cache shared by the processes of one host.
 //
 // The one header most programs need: regions, their options and errors, the
-// backend registry and the built-in backends, the store's maintenance view
-// and the command-output cache.
+// backend registry and the built-in backends, the store's maintenance view,
+// the command-output cache and the versions.
 //
 // Thread safety: see each header.
 #pragma once
@@ -26,3 +26,4 @@
 #include "dogpile/store.h"           // IWYU pragma: export
 #include "dogpile/usage_counters.h"  // IWYU pragma: export
 #include "dogpile/value_view.h"      // IWYU pragma: export
+#include "dogpile/version.h"         // IWYU pragma: export

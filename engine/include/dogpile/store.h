@@ -106,8 +106,8 @@ struct PurgeReport {
   std::uint64_t scanned = 0;  // entries with an expiry (in the expiry index) when it began
 };
 
-// Called as work proceeds: `done` of `total` units (entries). The last call
-// has done == total.
+// Called as work proceeds: `done` of `total` units (entries; bytes for
+// compact). The last call has done == total.
 using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 
 struct StoreOptions {
@@ -171,7 +171,13 @@ class Store {
   // never holds a partial copy. A staging directory left by a killed compact
   // is cleared and used again; one in use by a running compact is a
   // StoreError (sys_errno() EWOULDBLOCK).
-  void compact(const std::string& dest);
+  //
+  // `progress` counts bytes of the copy's data.mdb: `total` is what the copy
+  // will hold, the source's pages in use less its free pages and free list,
+  // and `done` stays below it until the copy is synced and in place. The
+  // last call, then, has done == total == the copy's size (a writer in
+  // another process may have changed the total meanwhile).
+  void compact(const std::string& dest, const Progress& progress = {});
   // The staging directory of a compact into `dest`: `.<name>.compacting`
   // beside it, 0700. A program that is interrupted during compact may remove
   // the files compact writes there (data.mdb, region-stamps) and the
