@@ -23,7 +23,10 @@ _dogpile_options() {
     rm) echo "$common --region" ;;
     clear) echo "$common --all" ;;
     invalidate) echo "$common --soft --create" ;;
-    exec) echo "$common --ttl --stale --cwd --env --modtime --discard-failures --warm --force --scope" ;;
+    exec)
+      echo "$common --ttl --stale --cwd --env --modtime --discard-failures --cache-signals" \
+        "--ignore-stdin --max-output --max-input --warm --force --scope"
+      ;;
     demo) echo "$common --workers --keys --create-ms --fresh" ;;
   esac
 }
@@ -32,7 +35,7 @@ _dogpile_options() {
 _dogpile_takes_value() {
   case $1 in
     --dir | --prefix | --limit | --region | --ttl | --stale | --env | --modtime | --scope | \
-      --workers | --keys | --create-ms) return 0 ;;
+      --max-output | --max-input | --workers | --keys | --create-ms) return 0 ;;
   esac
   return 1
 }
