@@ -43,8 +43,8 @@ struct CommandResult {
   std::int32_t exit_code = 0;
   // The signal that killed it; 0 when it exited.
   std::int32_t signal = 0;
-  std::string out;  // every byte written to stdout
-  std::string err;  // every byte written to stderr
+  std::string out{};  // every byte written to stdout
+  std::string err{};  // every byte written to stderr
 
   // Exited with status 0.
   bool succeeded() const noexcept { return signal == 0 && exit_code == 0; }
@@ -61,23 +61,23 @@ struct CommandResult {
 struct CommandSpec {
   // The command and its arguments; argv[0] is looked up in PATH as execvp does.
   // Default: empty (invalid: run and command_key need a command).
-  std::vector<std::string> argv;
+  std::vector<std::string> argv{};
   // The absolute working directory (getcwd) is part of the key.
   // Default: false.
   bool cwd = false;
   // Environment variables whose values are part of the key; an unset variable
   // differs from an empty one. Order and repeats do not matter (sorted, deduplicated).
   // Default: none.
-  std::vector<std::string> env;
+  std::vector<std::string> env{};
   // Files whose modification time (ns) and size are part of the key, as given
   // (relative paths against the working directory); a file that cannot be
   // stat()ed counts as missing. Order and repeats do not matter.
   // Default: none.
-  std::vector<std::string> modtime;
+  std::vector<std::string> modtime{};
   // A name that separates otherwise equal keys; it is also the stored key's
   // prefix ("<scope>/<hash>"), so `dogpile ls exec --prefix <scope>/` lists a scope.
   // Default: empty (no scope).
-  std::string scope;
+  std::string scope{};
 };
 
 // The bytes command_key hashes: "dogpile-exec-key/1", then one field per item,
@@ -110,12 +110,12 @@ struct ExecOptions {
   // is removed (dogpile rm/clear, or eviction). Stored entries get
   // ttl + stale as their expires_at, so purge can remove dead results.
   // Default: nullopt.
-  std::optional<Duration> ttl;
+  std::optional<Duration> ttl{};
   // Needs ttl. A result older than ttl but younger than ttl + stale is
   // returned at once and one detached process refreshes it; an older one is
   // regenerated in the foreground.
   // Default: nullopt.
-  std::optional<Duration> stale;
+  std::optional<Duration> stale{};
   // Run again (under the creation lock) and store, whatever is stored.
   // Default: false.
   bool force = false;
@@ -126,12 +126,12 @@ struct ExecOptions {
 
 // What run returned.
 struct ExecOutcome {
-  std::string key;       // the stored key (command_key)
+  std::string key{};     // the stored key (command_key)
   // OK, or why the command could not be started (run_command's
   // kInvalidArgument: errno ENOENT when not found, another errno when not
   // executable). Nothing is stored then and `result` is empty.
-  Status launch;
-  CommandResult result;
+  Status launch{};
+  CommandResult result{};
   bool cached = false;   // served from the cache, not run by this call
   bool stale = false;    // older than ttl, served while a background refresh runs
   // This call started that background refresh (false when another caller's
@@ -140,16 +140,16 @@ struct ExecOutcome {
   // When the result was made: the stored entry's created_at, or when this
   // call's run finished. nullopt only when another caller's result was removed
   // before it could be read back.
-  std::optional<WallTime> created_at;
+  std::optional<WallTime> created_at{};
 };
 
 struct CommandCacheOptions {
   // Cache directory (created 0700 when missing).
   // Default: default_cache_dir() ($DOGPILE_DIR, $XDG_CACHE_HOME/dogpile, ~/.cache/dogpile).
-  std::string dir;
+  std::string dir{};
   // Wall clock for created_at and ages.
   // Default: system_clock().
-  std::shared_ptr<Clock> clock;
+  std::shared_ptr<Clock> clock{};
 };
 
 class CommandCache {
