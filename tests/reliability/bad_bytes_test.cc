@@ -51,10 +51,10 @@ namespace bad_bytes {
 
 // A user type with the containers cached values commonly hold.
 struct Item {
-  std::string name;
-  std::vector<int> numbers;
-  std::map<std::string, int> counts;
-  std::vector<std::string> tags;
+  std::string name{};
+  std::vector<int> numbers{};
+  std::map<std::string, int> counts{};
+  std::vector<std::string> tags{};
   double score = 0;
 
   template <class Archive>

@@ -56,7 +56,7 @@ enum class Durability {
 struct LmdbOptions {
   // Cache directory, created 0700 when missing.
   // Default: default_cache_dir() ($DOGPILE_DIR, $XDG_CACHE_HOME/dogpile, ~/.cache/dogpile).
-  std::string path;
+  std::string path{};
   // Sub-database holding this backend's entries.
   // Default: "default".
   std::string region = "default";

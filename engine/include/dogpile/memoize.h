@@ -390,29 +390,29 @@ struct MemoizeOptions<R(Args...)> {
   // Keeps two functions of the same name apart (dogpile's `namespace`); part
   // of every key. May not contain '|'.
   // Default: "" (none).
-  std::string key_namespace;
+  std::string key_namespace{};
   // Age after which a result is stale, for this function's calls; nullopt
   // keeps the region's.
   // Default: nullopt.
-  std::optional<Duration> expiration_time;
+  std::optional<Duration> expiration_time{};
   // Called on every call for the expiration to use (dogpile's callable
   // expiration_time); when set it replaces expiration_time.
   // Default: none.
-  std::function<std::optional<Duration>()> expiration_time_fn;
+  std::function<std::optional<Duration>()> expiration_time_fn{};
   // Lifetime stored with each result (SetOptions::ttl).
   // Default: nullopt.
-  std::optional<Duration> ttl;
+  std::optional<Duration> ttl{};
   // Whether a computed result is stored (dogpile's should_cache_fn); a
   // rejected result is still returned.
   // Default: none (every result is stored).
-  std::function<bool(const R&)> should_cache;
+  std::function<bool(const R&)> should_cache{};
   // Replaces the default key of a call (dogpile's function_key_generator);
   // memoize_key and append_key help build one. The arguments still need a
   // key encoding: the default generator is compiled in either way.
   // Default: none (memoize_key(name, key_namespace, args...)).
   std::function<std::string(std::string_view name, std::string_view key_namespace,
                             const Args&... args)>
-      key_generator;
+      key_generator{};
 };
 
 namespace memoize_detail {

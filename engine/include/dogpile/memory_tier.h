@@ -68,7 +68,7 @@ struct MemoryTierOptions {
   std::uint64_t max_bytes = std::uint64_t{64} << 20;
   // Monotonic time for ages; a seam for tests.
   // Default: std::chrono::steady_clock::now.
-  std::function<SteadyTime()> now;
+  std::function<SteadyTime()> now{};
 };
 
 // Reads max_age, max_entries and max_bytes from `arguments` (keys without a

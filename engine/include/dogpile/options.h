@@ -39,16 +39,16 @@ struct RegionOptions {
   std::string name = "default";
   // Age after which an entry is stale; nullopt means entries never expire.
   // Default: nullopt.
-  std::optional<Duration> expiration_time;
+  std::optional<Duration> expiration_time{};
   // A callable expiration (dogpile.cache accepts a callable expiration_time):
   // asked on every read and used instead of expiration_time; nullopt from it
   // means entries never expire.
   // Default: none (expiration_time applies).
-  std::function<std::optional<Duration>()> expiration_time_fn;
+  std::function<std::optional<Duration>()> expiration_time_fn{};
   // Longest wait for another caller's creation lock (or, with
   // max_concurrent_creations, for a creation slot); nullopt waits forever.
   // Default: nullopt.
-  std::optional<Duration> lock_timeout;
+  std::optional<Duration> lock_timeout{};
   // Longest wait for a key's creation lock by a caller that is itself
   // inside a creator (a nested get_or_create), when shorter than
   // lock_timeout. Such waits are the only ones that can form a cycle (A's
@@ -78,14 +78,14 @@ struct RegionOptions {
   // returned, so it must not refer to the caller's locals. Missing values
   // and get_or_create_multi are still created by the caller.
   // Default: none (the caller regenerates).
-  std::shared_ptr<AsyncRunner> async_runner;
+  std::shared_ptr<AsyncRunner> async_runner{};
   // Payload encoding for values this region writes; any codec is read.
   // Default: CodecId::kBinary (cereal binary).
   CodecId codec = CodecId::kBinary;
   // Maps a caller's key to the stored key (dogpile's key_mangler); applied
   // before every backend call and lock.
   // Default: none (keys are stored as given).
-  std::function<std::string(std::string_view)> key_mangler;
+  std::function<std::string(std::string_view)> key_mangler{};
   // Largest payload read or written; larger stored payloads are corrupt.
   // Default: 256 MiB.
   std::size_t max_value_size = std::size_t{256} << 20;
@@ -95,15 +95,15 @@ struct RegionOptions {
   Duration future_tolerance = std::chrono::seconds(60);
   // Wall clock for created_at and expiry.
   // Default: system_clock().
-  std::shared_ptr<Clock> clock;
+  std::shared_ptr<Clock> clock{};
   // Keeps the invalidation sequence and the stamps of Region::invalidate, and
   // judges entries by them.
   // Default: the backend's stored stamps (Backend::invalidation_strategy).
-  std::shared_ptr<InvalidationStrategy> invalidation;
+  std::shared_ptr<InvalidationStrategy> invalidation{};
   // Receives corruption and store-error reports, at most once per key per
   // minute (a full store: once per region).
   // Default: writes to stderr.
-  Logger logger;
+  Logger logger{};
   // The region adds its counters to the backend's shared statistics
   // (Backend::add_usage; for lmdb, one write transaction in the cache
   // directory) at most this often, checked at each operation, and when it is
@@ -117,7 +117,7 @@ struct RegionOptions {
 struct GetOptions {
   // Replaces the region's expiration_time for this call; nullopt keeps the region's.
   // Default: nullopt.
-  std::optional<Duration> expiration_time;
+  std::optional<Duration> expiration_time{};
   // Treat any stored entry as fresh (dogpile.cache's expiration_time=-1),
   // except a hard-invalidated one, which stays missing.
   // Default: false.
@@ -129,7 +129,7 @@ struct SetOptions {
   // Lifetime of this entry, stored in its metadata (expires_at); it wins over
   // the region's expiration_time when present.
   // Default: nullopt (the region's expiration applies).
-  std::optional<Duration> ttl;
+  std::optional<Duration> ttl{};
 };
 
 // Per-call options of get_or_create for values of type T.
@@ -137,17 +137,17 @@ template <class T>
 struct CreateOptions {
   // As GetOptions::expiration_time.
   // Default: nullopt.
-  std::optional<Duration> expiration_time;
+  std::optional<Duration> expiration_time{};
   // As GetOptions::ignore_expiration.
   // Default: false.
   bool ignore_expiration = false;
   // As SetOptions::ttl, for the value the creator makes.
   // Default: nullopt.
-  std::optional<Duration> ttl;
+  std::optional<Duration> ttl{};
   // Whether a created value is stored (dogpile.cache's should_cache_fn); a
   // value it rejects is still returned to the caller.
   // Default: none (every value is stored).
-  std::function<bool(const T&)> should_cache;
+  std::function<bool(const T&)> should_cache{};
 
   GetOptions read_options() const {
     return GetOptions{.expiration_time = expiration_time, .ignore_expiration = ignore_expiration};

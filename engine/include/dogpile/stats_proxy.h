@@ -38,7 +38,7 @@ struct LatencyStats {
 };
 
 struct BackendLatency {
-  LatencyStats get, set, erase, get_multi, set_multi, erase_multi;
+  LatencyStats get{}, set{}, erase{}, get_multi{}, set_multi{}, erase_multi{};
 };
 
 // Counts since construction or the last reset(). Reads that fail count in
@@ -53,7 +53,7 @@ struct BackendStats {
   std::uint64_t bytes_read = 0;     // value bytes of the hits
   std::uint64_t bytes_written = 0;  // value bytes of the writes
   std::uint64_t errors = 0;         // calls that returned a failed Status
-  BackendLatency latency;
+  BackendLatency latency{};
 };
 
 class StatsProxy final : public ProxyBackend {

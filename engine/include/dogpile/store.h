@@ -34,10 +34,10 @@
 namespace dogpile {
 
 struct RegionUsage {
-  std::string name;
+  std::string name{};
   std::uint64_t entries = 0;  // stored entries
   std::uint64_t bytes = 0;    // pages the region's entries occupy, in bytes
-  UsageCounters counters;
+  UsageCounters counters{};
   // The region's invalidation stamps (Region::invalidate): entries whose
   // sequence is below them are missing (hard) or stale (soft). 0: never.
   std::int64_t hard_stamp = 0;
@@ -48,56 +48,56 @@ struct RegionUsage {
 enum class Invalidated { kNo, kSoft, kHard };
 
 struct StoreStats {
-  std::string path;
-  std::vector<RegionUsage> regions;  // sorted by name
-  RegionUsage total;                 // name "total": the sum over regions
-  std::uint64_t map_size = 0;        // current size of the memory map
-  std::uint64_t max_size = 0;        // limit the map may grow to
-  std::uint64_t file_size = 0;       // data.mdb on disk
-  std::uint64_t used_bytes = 0;      // pages in use (all trees, free list included)
-  std::uint32_t readers_used = 0;    // reader table slots in use
+  std::string path{};
+  std::vector<RegionUsage> regions{};  // sorted by name
+  RegionUsage total{};                 // name "total": the sum over regions
+  std::uint64_t map_size = 0;          // current size of the memory map
+  std::uint64_t max_size = 0;          // limit the map may grow to
+  std::uint64_t file_size = 0;         // data.mdb on disk
+  std::uint64_t used_bytes = 0;        // pages in use (all trees, free list included)
+  std::uint32_t readers_used = 0;      // reader table slots in use
   std::uint32_t max_readers = 0;
 };
 
 // One entry as its envelope header describes it.
 struct EntryInfo {
-  std::string region;
-  std::string key;              // the full key (from the envelope for hashed keys)
+  std::string region{};
+  std::string key{};            // the full key (from the envelope for hashed keys)
   std::uint64_t size = 0;       // stored bytes (the envelope)
   std::uint64_t write_seq = 0;  // position in write order (eviction goes lowest first)
   bool valid = false;           // header and checksum check out; the fields below are set
-  std::string problem;          // why not valid ("bad checksum", "truncated", ...)
-  EnvelopeMeta meta;
+  std::string problem{};        // why not valid ("bad checksum", "truncated", ...)
+  EnvelopeMeta meta{};
   std::uint64_t payload_size = 0;
   Invalidated invalidated = Invalidated::kNo;  // by its region's stamps (hard wins)
 };
 
 // An entry and its bytes.
 struct Entry {
-  EntryInfo info;
-  std::string envelope;  // the stored envelope
-  std::string payload;   // the payload when info.valid
+  EntryInfo info{};
+  std::string envelope{};  // the stored envelope
+  std::string payload{};   // the payload when info.valid
 };
 
 struct ListOptions {
   // Only this region. Default: every region.
-  std::optional<std::string> region;
+  std::optional<std::string> region{};
   // Only keys starting with this. Default: every key.
-  std::string prefix;
+  std::string prefix{};
   // At most this many entries. Default: no limit (0).
   std::uint64_t limit = 0;
 };
 
 struct VerifyProblem {
-  std::string region;  // empty for problems of the store itself
-  std::string key;     // the key (or stored key, printable) concerned
-  std::string what;    // "bad checksum", "index entry points to a missing entry", ...
+  std::string region{};  // empty for problems of the store itself
+  std::string key{};     // the key (or stored key, printable) concerned
+  std::string what{};    // "bad checksum", "index entry points to a missing entry", ...
 };
 
 struct VerifyReport {
   std::uint64_t entries = 0;        // entries checked
   std::uint64_t index_entries = 0;  // index entries checked
-  std::vector<VerifyProblem> problems;
+  std::vector<VerifyProblem> problems{};
   bool ok() const noexcept { return problems.empty(); }
 };
 
@@ -112,7 +112,7 @@ using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 
 struct StoreOptions {
   // Cache directory. Default: default_cache_dir().
-  std::string path;
+  std::string path{};
   // Refuse a directory that does not hold a cache yet, rather than create one.
   // Default: true (inspection must not create caches by accident).
   bool must_exist = true;

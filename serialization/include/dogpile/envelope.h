@@ -45,11 +45,11 @@ inline constexpr std::size_t kEnvelopeTrailerSize = 8;
 inline constexpr std::size_t kMaxInlineKeySize = 510;
 
 struct EnvelopeMeta {
-  std::uint64_t type_tag = 0;                 // type_tag<T>()
-  std::uint32_t schema_version = 0;           // schema_version<T>()
-  CodecId codec = CodecId::kBinary;           // how the payload is encoded
-  std::int64_t created_at_ns = 0;             // wall clock, ns since the Unix epoch
-  std::optional<std::int64_t> expires_at_ns;  // per-entry expiry, same clock
+  std::uint64_t type_tag = 0;                   // type_tag<T>()
+  std::uint32_t schema_version = 0;             // schema_version<T>()
+  CodecId codec = CodecId::kBinary;             // how the payload is encoded
+  std::int64_t created_at_ns = 0;               // wall clock, ns since the Unix epoch
+  std::optional<std::int64_t> expires_at_ns{};  // per-entry expiry, same clock
   // The store's invalidation order when the value's creation started
   // (InvalidationStrategy::sequence); invalidations compare it, not times.
   std::int64_t sequence = 0;
@@ -57,9 +57,9 @@ struct EnvelopeMeta {
 
 // A decoded envelope; its views point into the bytes given to decode_envelope.
 struct EnvelopeView {
-  EnvelopeMeta meta;
-  std::optional<std::string_view> full_key;  // set when the stored key was shortened
-  std::string_view payload;
+  EnvelopeMeta meta{};
+  std::optional<std::string_view> full_key{};  // set when the stored key was shortened
+  std::string_view payload{};
 };
 
 enum class DecodeStatus {
