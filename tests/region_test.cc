@@ -856,7 +856,7 @@ TEST_CASE("configure_from_config reads settings and backend arguments under a pr
           "[region][config]") {
   dogpile::test::TempDir dir;
   const ConfigMap config{{"cache.backend", "lmdb"},
-                         {"cache.expiration_time", "10m"},
+                         {"cache.expiration_time", "1h 30m"},
                          {"cache.lock_timeout", "250ms"},
                          {"cache.on_lock_timeout", "create_unlocked"},
                          {"cache.codec", "json"},
@@ -870,7 +870,7 @@ TEST_CASE("configure_from_config reads settings and backend arguments under a pr
   Region region({.name = "configured"});
   region.configure_from_config(config, "cache.");
   const RegionOptions& o = region.options();
-  CHECK(o.expiration_time == Duration(10min));
+  CHECK(o.expiration_time == Duration(90min));
   CHECK(o.lock_timeout == Duration(250ms));
   CHECK(o.on_lock_timeout == LockTimeoutPolicy::kCreateUnlocked);
   CHECK(o.codec == CodecId::kJson);
@@ -905,6 +905,9 @@ TEST_CASE("configure_from_config names every bad key", "[region][config]") {
              Contains("'expiration_tim'"));
   CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.expiration_time", "10 parsecs"}}),
              Contains("'expiration_time'"));
+  // The offending text is quoted, whatever part of it is wrong.
+  CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.expiration_time", "1h30x"}}),
+             Contains("'1h30x'"));
   CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.max_value_size", "lots"}}),
              Contains("'max_value_size'"));
   CHECK_THAT(message_of({{"cache.backend", "memory"}, {"cache.wait_for_fresh", "maybe"}}),

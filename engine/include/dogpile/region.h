@@ -100,7 +100,7 @@ class Region {
   // dogpile.cache's configure_from_config: reads the region's settings and
   // backend from `config` under `prefix`, e.g. with prefix "cache.":
   //   cache.backend                  registry name (required)
-  //   cache.expiration_time          duration ("10m", "30s") or "none"
+  //   cache.expiration_time          duration ("10m", "1h30m", "2d") or "none"
   //   cache.lock_timeout             duration or "none"
   //   cache.nested_lock_timeout      duration
   //   cache.on_lock_timeout          "raise" | "create_unlocked"
