@@ -6,6 +6,7 @@
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,20 +53,77 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return row[b.size()];
 }
 
-// "unknown command 'frobnicate'", with the closest command when one is near.
-std::string unknown_command(const CLI::App& app, std::string_view word) {
+// The closest of `names` to `word` within two edits, or empty.
+std::string closest(std::string_view word, const std::vector<std::string>& names) {
   std::string best;
   std::size_t best_distance = 3;  // farther than this is no suggestion
-  for (const CLI::App* command : app.get_subcommands({})) {
-    const std::size_t d = edit_distance(word, command->get_name());
+  for (const std::string& name : names) {
+    const std::size_t d = edit_distance(word, name);
     if (d < best_distance) {
       best_distance = d;
-      best = command->get_name();
+      best = name;
     }
   }
+  return best;
+}
+
+// "unknown command 'frobnicate'", with the closest command when one is near.
+std::string unknown_command(const CLI::App& app, std::string_view word) {
+  std::vector<std::string> names;
+  for (const CLI::App* command : app.get_subcommands({})) names.push_back(command->get_name());
+  const std::string best = closest(word, names);
   std::string out = "unknown command '" + std::string(word) + "'";
   if (!best.empty()) out += "; did you mean '" + best + "'?";
   return out;
+}
+
+// CLI11's wording for a parse error, in ours: an unknown option is named
+// with the closest real one, stray words are quoted in the order given, an
+// option without its value says so. Anything else keeps CLI11's text.
+std::string parse_error_text(const CLI::App& command, const std::vector<std::string>& args,
+                             const CLI::Error& e) {
+  // By type: CLI11 names an ExtrasError after the app that threw it.
+  if (dynamic_cast<const CLI::ExtrasError*>(&e) != nullptr) {
+    std::vector<std::string> options;
+    for (const CLI::Option* o : command.get_options()) {
+      for (const std::string& long_name : o->get_lnames()) options.push_back("--" + long_name);
+    }
+    // CLI11 lists the words it did not take after a colon, last first;
+    // put them back in the order they were given.
+    const std::string text = e.what();
+    std::vector<std::string> listed;
+    std::istringstream words(text.substr(text.find(':') + 1));
+    for (std::string word; words >> word;) listed.push_back(word);
+    std::vector<std::string> extras;
+    for (const std::string& word : args) {
+      if (std::find(listed.begin(), listed.end(), word) != listed.end() &&
+          std::find(extras.begin(), extras.end(), word) == extras.end()) {
+        extras.push_back(word);
+      }
+    }
+    std::string out;
+    for (const std::string& extra : extras) {
+      if (!out.empty()) out += "; ";
+      if (extra.size() > 1 && extra[0] == '-') {
+        // "--dir=x" is looked up as "--dir".
+        const std::string flag = extra.substr(0, extra.find('='));
+        out += "unknown option '" + extra + "'";
+        if (const std::string near = closest(flag, options); !near.empty()) {
+          out += "; did you mean '" + near + "'?";
+        }
+      } else {
+        out += "unexpected argument '" + extra + "'";
+      }
+    }
+    if (!out.empty()) return out;
+  }
+  std::string text = e.what();
+  if (dynamic_cast<const CLI::ArgumentMismatch*>(&e) != nullptr &&
+      text.find(" required ") != std::string::npos &&
+      text.find(" missing") != std::string::npos) {
+    return text.substr(0, text.find(':')) + ": needs a value";
+  }
+  return text;
 }
 
 // A dogpile::Error's text without the status code's name in front
@@ -91,13 +149,19 @@ int main(int argc, char** argv) {
                        "Print the versions of dogpile, LMDB and cereal and exit");
   app.require_subcommand(1);
   // Set before the subcommands are added: they copy it.
-  app.failure_message([](const CLI::App* command, const CLI::Error& e) {
+  // The arguments as given, for error messages.
+  const std::vector<std::string> given(argv + 1, argv + argc);
+  app.failure_message([&given](const CLI::App* command, const CLI::Error& e) {
     // The subcommand being parsed when the error came, if any.
     std::string help = "dogpile --help";
+    const CLI::App* parsed = command;
     if (command != nullptr && !command->get_subcommands().empty()) {
-      help = "dogpile " + command->get_subcommands().front()->get_name() + " --help";
+      parsed = command->get_subcommands().front();
+      help = "dogpile " + parsed->get_name() + " --help";
     }
-    return "dogpile: " + std::string(e.what()) + "\nRun '" + help + "' for usage.\n";
+    const std::string text =
+        parsed != nullptr ? parse_error_text(*parsed, given, e) : std::string(e.what());
+    return "dogpile: " + text + "\nRun '" + help + "' for usage.\n";
   });
 
   // The chosen subcommand's work, set by its parse callback.
@@ -116,7 +180,7 @@ int main(int argc, char** argv) {
   app.footer(kFooter);
 
   // `dogpile help [COMMAND]`, as git and cargo have it.
-  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<std::string> args = given;
   if (!args.empty() && args[0] == "help") {
     args.erase(args.begin());
     args.push_back("--help");  // wins over anything else given
