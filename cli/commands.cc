@@ -1438,7 +1438,11 @@ CLI::App* add_stats_command(CLI::App& app, std::function<int()>& run) {
       "Entries, bytes and usage counters per region, with totals and the store's size",
       "Examples:\n"
       "  dogpile stats --dir /var/cache/myapp\n"
-      "  dogpile stats --json | jq .total.hit_ratio",
+      "  dogpile stats --json | jq .total.hit_ratio\n"
+      "\nEvery read (get, get_or_create, each key of a multi call) counts once: a hit\n"
+      "when it returned a fresh stored value (also one another process stored while\n"
+      "it waited), a miss when it returned none (its creator ran, or it failed),\n"
+      "stale when it returned a stale value. hit% = hits / (hits + misses).",
       std::make_shared<CommonArgs>(), run_stats);
 }
 
