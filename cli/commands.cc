@@ -866,7 +866,7 @@ int run_stats(const CommonArgs& options) {
     Json doc = Json::object();
     doc.set("path", Json::string(stats.path));
     doc.set("map_size", Json::number(stats.map_size));
-    doc.set("max_size", Json::number(stats.max_size));
+    doc.set("max_size", stats.max_size ? Json::number(*stats.max_size) : Json());
     doc.set("file_size", Json::number(stats.file_size));
     doc.set("used_bytes", Json::number(stats.used_bytes));
     doc.set("readers_used", Json::number(stats.readers_used));
@@ -880,7 +880,9 @@ int run_stats(const CommonArgs& options) {
   }
   std::string out;
   Table summary({"cache", stats.path}, "ll");
-  summary.add({"max size", human_bytes(stats.max_size)});
+  // The cache's own, as the programs using it recorded it; never this
+  // command's default.
+  summary.add({"max size", stats.max_size ? human_bytes(*stats.max_size) : "not recorded"});
   summary.add({"map", human_bytes(stats.map_size)});
   summary.add({"used", human_bytes(stats.used_bytes)});
   summary.add({"data file", human_bytes(stats.file_size)});

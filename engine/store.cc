@@ -556,6 +556,7 @@ Status Store::Impl::stats(StoreStats& out) {
       u.name = name;
     }
     if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return e->status(rc, "cannot read _meta");
+    if (Status s = internal::read_max_size(txn.get(), dbs, out.max_size); !s) return s;
     for (auto& [name, u] : usage) {
       if (Status s = internal::read_usage(txn.get(), dbs, name, u.counters); !s) return s;
       if (Status s = region_stamps(name, u.hard_stamp, u.soft_stamp); !s) return s;
@@ -575,7 +576,6 @@ Status Store::Impl::stats(StoreStats& out) {
     return e->status(rc, "cannot read the environment's statistics");
   }
   out.map_size = info.me_mapsize;
-  out.max_size = e->max_size();
   out.used_bytes = (std::uint64_t{info.me_last_pgno} + 1) * env_stat.ms_psize;
   out.max_readers = info.me_maxreaders;
   // me_numreaders is the table's high-water mark; count the slots held now

@@ -45,12 +45,14 @@ SETTINGS = {"value": {"name": 'nightly "report"', "retries": 3, "ratio": 0.25,
                        "tags": ["a", "b/c", "ünï"],
                        "limits": [{"key": "cpu", "value": 4}, {"key": "memory_mb", "value": 512}]}}
 
-# (case, cache, commands). A cache is "clean" (the fixture's populate) or
-# "corrupt" (populate + corrupt), copied fresh for every case; "missing" is a
-# path that does not exist, "empty" an empty directory. Each command gets
+# (case, cache, commands). A cache is "clean" (the fixture's populate),
+# "corrupt" (populate + corrupt) or "bare" (an empty cache that no program
+# recorded a max_size in), copied fresh for every case; "missing" is a path
+# that does not exist, "empty" an empty directory. Each command gets
 # --dir (unless it has one) and, in the .json variant, --json.
 CASES = [
     ("stats", "clean", [["stats"]]),
+    ("stats_bare", "bare", [["stats"]]),
     ("ls", "clean", [["ls"]]),
     ("ls_region_prefix_limit", "clean", [["ls", "users", "--prefix", "user:", "--limit", "1"]]),
     ("ls_prefix", "clean", [["ls", "--prefix", "settings"]]),
@@ -215,7 +217,8 @@ def check_json_results(case, results):
 
 def run_cases(binary, golden_dir, fixture_bin, tmp, update):
     bases = {}
-    for name, steps in (("clean", ["populate"]), ("corrupt", ["populate", "corrupt"])):
+    for name, steps in (("clean", ["populate"]), ("corrupt", ["populate", "corrupt"]),
+                        ("bare", ["bare"])):
         path = os.path.join(tmp, "base-" + name)
         for step in steps:
             fixture(fixture_bin, path, step)

@@ -233,6 +233,39 @@ TEST_CASE("stats counts entries and bytes per region, and totals", "[store]") {
   CHECK(stats.readers_used <= stats.max_readers);
 }
 
+TEST_CASE("stats shows the max_size the last program to open the cache recorded",
+          "[store][fork]") {
+  TempDir dir;
+  constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+  const std::optional<std::uint64_t> not_recorded;
+  // A store opens with a max_size of its own, which it does not record.
+  Store store = Store::open(StoreOptions{.path = dir.path(), .must_exist = false});
+  CHECK(store.stats().max_size == not_recorded);
+
+  const auto open_in_child = [&](std::uint64_t max_size, bool read_only) {
+    return run_child([&] {
+      auto backend = open_lmdb_backend(LmdbOptions{
+          .path = dir.path(), .region = "r", .max_size = max_size, .read_only = read_only});
+      return 0;
+    });
+  };
+  REQUIRE(open_in_child(64 * kMiB, false) == 0);
+  CHECK(store.stats().max_size == 64 * kMiB);
+  CHECK(open_store(dir.path()).stats().max_size == 64 * kMiB);
+  // A later program with another max_size replaces it; a read-only one
+  // records nothing.
+  REQUIRE(open_in_child(3 * kMiB, false) == 0);
+  CHECK(store.stats().max_size == 3 * kMiB);
+  REQUIRE(open_in_child(512 * kMiB, true) == 0);
+  CHECK(store.stats().max_size == 3 * kMiB);
+
+  // In this process the store opened the directory first, so a backend here
+  // grows the map to the store's max_size, and records that.
+  auto backend = open_lmdb_backend(
+      LmdbOptions{.path = dir.path(), .region = "here", .max_size = 8 * kMiB});
+  CHECK(store.stats().max_size == StoreOptions{}.max_size);
+}
+
 TEST_CASE("stats reads usage counters written in another process", "[store][fork]") {
   TempDir dir;
   Writer(dir.path(), "counted").put("seed", "x");

@@ -17,6 +17,7 @@ static_assert(kMaxInlineKeySize + 1 <= 511, "a tagged inline key must fit LMDB's
 constexpr std::string_view kSeqKey = "seq";
 constexpr std::string_view kStatsPrefix = "stats:";
 constexpr std::string_view kExpirationPrefix = "rexp:";
+constexpr std::string_view kMaxSizeKey = "max_size";
 constexpr std::size_t kUsageCounterCount = 8;
 
 // ---- byte helpers ----
@@ -836,6 +837,33 @@ Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
   MDB_val value = as_val(record);
   const int put = mdb_put(txn, dbs.meta, &key, &value, 0);
   return put == MDB_SUCCESS ? Status::ok() : txn_status(txn, put, "cannot write usage counters");
+}
+
+// ---- the store's max_size ----
+
+Status read_max_size(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::uint64_t>& out) {
+  out.reset();
+  MDB_val key = as_val(kMaxSizeKey);
+  MDB_val value{};
+  const int rc = mdb_get(txn, dbs.meta, &key, &value);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read _meta");
+  if (value.mv_size == 8) out = get_le64(static_cast<const char*>(value.mv_data));
+  return Status::ok();
+}
+
+Status record_max_size(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t max_size) {
+  std::optional<std::uint64_t> recorded;
+  if (Status s = read_max_size(txn, dbs, recorded); !s) return s;
+  if (recorded == max_size) return Status::ok();
+  MDB_val key = as_val(kMaxSizeKey);
+  char bytes[8];
+  put_le64(bytes, max_size);
+  MDB_val value{sizeof bytes, bytes};
+  if (const int rc = mdb_put(txn, dbs.meta, &key, &value, 0); rc != MDB_SUCCESS) {
+    return txn_status(txn, rc, "cannot update _meta");
+  }
+  return Status::ok();
 }
 
 }  // namespace dogpile::internal

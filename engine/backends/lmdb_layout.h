@@ -4,7 +4,7 @@
 // record (16-byte entry header + envelope); two indexes over all regions,
 // "_written" (by write sequence) and "_expiry" (by expires_at), make each
 // eviction and purge step one B-tree lookup; "_meta" holds the layout
-// version, the write sequence, region ids and usage counters.
+// version, the write sequence, region ids, usage counters and max_size.
 //
 // Every function here works inside a transaction the caller owns and never
 // commits or aborts it. Functions taking a write transaction keep the
@@ -217,5 +217,14 @@ Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string
                                   std::optional<std::int64_t> expiration_ns, bool& recorded);
 Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                  const UsageCounters& delta);
+
+// ---- the store's max_size ----
+
+// The lmdb option max_size (bytes) last recorded by a backend that opened
+// the store: _meta "max_size", u64 LE. nullopt when there is none (or it is
+// not 8 bytes long).
+Status read_max_size(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::uint64_t>& out);
+// Records `max_size`; writes nothing when the record already says so.
+Status record_max_size(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t max_size);
 
 }  // namespace dogpile::internal

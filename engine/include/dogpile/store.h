@@ -51,8 +51,12 @@ struct StoreStats {
   std::string path;
   std::vector<RegionUsage> regions;  // sorted by name
   RegionUsage total;                 // name "total": the sum over regions
-  std::uint64_t map_size = 0;        // current size of the memory map
-  std::uint64_t max_size = 0;        // limit the map may grow to
+  std::uint64_t map_size = 0;        // current size of this process's memory map
+  // The lmdb option max_size (the most the map grows to) of the last process
+  // that opened the cache with the lmdb backend, as it recorded it in the
+  // store (docs/format.md). A per-process setting: processes that opened
+  // the cache with another one keep theirs. nullopt: none recorded.
+  std::optional<std::uint64_t> max_size;
   std::uint64_t file_size = 0;       // data.mdb on disk
   std::uint64_t used_bytes = 0;      // pages in use (all trees, free list included)
   std::uint32_t readers_used = 0;    // reader table slots in use
@@ -116,7 +120,9 @@ struct StoreOptions {
   // Refuse a directory that does not hold a cache yet, rather than create one.
   // Default: true (inspection must not create caches by accident).
   bool must_exist = true;
-  // Used only when this process opens the directory first (LmdbOptions).
+  // Used only when this process opens the directory first (LmdbOptions);
+  // never recorded in the store, so stats() shows the max_size of the
+  // programs that use the cache, not this one.
   // Default: as LmdbOptions.
   std::uint64_t max_size = LmdbOptions{}.max_size;
   std::uint32_t max_regions = LmdbOptions{}.max_regions;
