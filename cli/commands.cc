@@ -868,7 +868,11 @@ int run_stats(const CommonArgs& options) {
     doc.set("map_size", Json::number(stats.map_size));
     doc.set("max_size", stats.max_size ? Json::number(*stats.max_size) : Json());
     doc.set("file_size", Json::number(stats.file_size));
+    doc.set("page_size", Json::number(stats.page_size));
+    doc.set("used_pages", Json::number(stats.used_pages));
+    doc.set("free_pages", Json::number(stats.free_pages));
     doc.set("used_bytes", Json::number(stats.used_bytes));
+    doc.set("free_bytes", Json::number(stats.free_bytes));
     doc.set("readers_used", Json::number(stats.readers_used));
     doc.set("max_readers", Json::number(stats.max_readers));
     Json regions = Json::array();
@@ -884,8 +888,11 @@ int run_stats(const CommonArgs& options) {
   // command's default.
   summary.add({"max size", stats.max_size ? human_bytes(*stats.max_size) : "not recorded"});
   summary.add({"map", human_bytes(stats.map_size)});
-  summary.add({"used", human_bytes(stats.used_bytes)});
   summary.add({"data file", human_bytes(stats.file_size)});
+  summary.add({"used", human_bytes(stats.used_bytes) + " (" +
+                           count(stats.used_pages, "page", "pages") + ")"});
+  summary.add({"free", human_bytes(stats.free_bytes) + " (" +
+                           count(stats.free_pages, "page", "pages") + ")"});
   summary.add({"readers", strf("%u of %u", stats.readers_used, stats.max_readers)});
   summary.print(out);
   out += "\n";

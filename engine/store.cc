@@ -40,6 +40,12 @@ using internal::StoreDbs;
 constexpr std::uint64_t kClearBatch = 1000;
 // Progress callbacks run at most once per this many units (and at the end).
 constexpr std::uint64_t kProgressStep = 4096;
+// LMDB's free list: the database of pages that writes may reuse.
+constexpr MDB_dbi kFreeListDbi = 0;
+// Reads of the page counts stats() makes while writers keep committing
+// between its snapshot and the environment's information, before it takes
+// the two from neighbouring commits.
+constexpr int kPageCountAttempts = 16;
 // The store reads whatever an envelope holds: sizes are still checked
 // against the bytes at hand, which is what keeps decoding safe.
 constexpr std::size_t kAnyValueSize = std::numeric_limits<std::size_t>::max();
@@ -199,6 +205,61 @@ class ProgressTicker {
   std::uint64_t done_ = 0;
   std::uint64_t reported_ = 0;
 };
+
+// Sums the page lists of LMDB's free list (FREE_DBI, dbi 0), as mdb_stat -f
+// does: each record is an array of page numbers whose first element is
+// their count.
+Status count_free_pages(LmdbEnv& env, MDB_txn* txn, std::uint64_t& out) {
+  out = 0;
+  CursorPtr cursor;
+  if (Status s = open_cursor(env, txn, kFreeListDbi, cursor); !s) return s;
+  MDB_val k{};
+  MDB_val v{};
+  int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_FIRST);
+  for (; rc == MDB_SUCCESS; rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_NEXT)) {
+    std::size_t count = 0;
+    if (v.mv_size >= sizeof count) std::memcpy(&count, v.mv_data, sizeof count);
+    if (v.mv_size < sizeof count || count > v.mv_size / sizeof count - 1) {
+      return Status::error(StatusCode::kCorruption,
+                           "LMDB's free list is damaged: a record of " +
+                               std::to_string(v.mv_size) + " bytes lists " +
+                               std::to_string(count) + " pages",
+                           env.path() + "/data.mdb");
+    }
+    out += count;
+  }
+  if (rc != MDB_NOTFOUND) return env.status(rc, "cannot read LMDB's free list");
+  return Status::ok();
+}
+
+// The data file's pages (StoreStats): `info` and the free list are read
+// for one commit, the last, which the read transaction sees unless a
+// writer commits between the two; then they are read again.
+Status count_pages(LmdbEnv& env, MDB_envinfo& info, StoreStats& out) {
+  MDB_stat env_stat{};
+  if (const int rc = mdb_env_stat(env.raw(), &env_stat); rc != MDB_SUCCESS) {
+    return env.status(rc, "cannot read the environment's statistics");
+  }
+  std::uint64_t free_pages = 0;
+  for (int attempt = 1;; ++attempt) {
+    ReadTxn txn;
+    if (Status s = env.begin_read(txn); !s) return s;
+    if (const int rc = mdb_env_info(env.raw(), &info); rc != MDB_SUCCESS) {
+      return env.status(rc, "cannot read the environment's information");
+    }
+    if (info.me_last_txnid != mdb_txn_id(txn.get()) && attempt < kPageCountAttempts) continue;
+    if (Status s = count_free_pages(env, txn.get(), free_pages); !s) return s;
+    break;
+  }
+  // Pages 0 to me_last_pgno: the meta pages, every tree's, and the free ones.
+  const std::uint64_t pages = std::uint64_t{info.me_last_pgno} + 1;
+  out.page_size = env_stat.ms_psize;
+  out.free_pages = std::min(free_pages, pages);
+  out.used_pages = pages - out.free_pages;
+  out.used_bytes = out.used_pages * out.page_size;
+  out.free_bytes = out.free_pages * out.page_size;
+  return Status::ok();
+}
 
 Status entries_of(LmdbEnv& env, MDB_txn* txn, MDB_dbi dbi, std::uint64_t& out) {
   MDB_stat st{};
@@ -568,15 +629,8 @@ Status Store::Impl::stats(StoreStats& out) {
   }
 
   MDB_envinfo info{};
-  if (const int rc = mdb_env_info(e->raw(), &info); rc != MDB_SUCCESS) {
-    return e->status(rc, "cannot read the environment's information");
-  }
-  MDB_stat env_stat{};
-  if (const int rc = mdb_env_stat(e->raw(), &env_stat); rc != MDB_SUCCESS) {
-    return e->status(rc, "cannot read the environment's statistics");
-  }
+  if (Status s = count_pages(*e, info, out); !s) return s;
   out.map_size = info.me_mapsize;
-  out.used_bytes = (std::uint64_t{info.me_last_pgno} + 1) * env_stat.ms_psize;
   out.max_readers = info.me_maxreaders;
   // me_numreaders is the table's high-water mark; count the slots held now
   // (pooled readers of live processes included).

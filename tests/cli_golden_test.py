@@ -111,12 +111,14 @@ CASES = [
     ("usage", "clean", [["get"], ["ls", "--limit", "many"], ["invalidate"], ["nosuch"]]),
 ]
 
-# Volatile values: what LMDB reports about its map, file and reader table.
+# Volatile values: what LMDB reports about its map, file, pages and reader table.
 NORMALISE = [
-    (re.compile(r"^((?:map|used|data file)\s+)\S+ \S+$", re.M), r"\1<SIZE>"),
+    (re.compile(r"^((?:map|data file)\s+)\S+ \S+$", re.M), r"\1<SIZE>"),
+    (re.compile(r"^((?:used|free)\s+)\S+ \S+ \(\d+ pages?\)$", re.M), r"\1<SIZE> (<N> pages)"),
     (re.compile(r"^(readers\s+)\d+ of (\d+)$", re.M), r"\1<N> of \2"),
-    (re.compile(r'^(\s*"(?:map_size|file_size|used_bytes|readers_used|source_file_size|'
-                r'dest_file_size)": )\d+', re.M), r"\1<N>"),
+    (re.compile(r'^(\s*"(?:map_size|file_size|page_size|used_pages|free_pages|used_bytes|'
+                r'free_bytes|readers_used|source_file_size|dest_file_size)": )\d+', re.M),
+     r"\1<N>"),
     (re.compile(r"(: data\.mdb )\S+ \S+ \(the original: \S+ \S+\)"),
      r"\1<SIZE> (the original: <SIZE>)"),
     # Invalidation stamps continue a sequence that starts at the real clock.
@@ -362,6 +364,37 @@ def check_values(binary, fixture_bin, tmp):
     check("XDG_CACHE_HOME/dogpile is the default next, and a missing one is exit 3 naming it",
           r.returncode == 3 and os.path.join(xdg, "dogpile") in text(r.stderr) and
           not os.path.exists(os.path.join(xdg, "dogpile")), text(r.stderr))
+
+    # Pages: in use and free add up to no more than the data file; removing
+    # entries moves pages from one to the other.
+    def pages(label):
+        r = run(binary, ["stats", "--json"] + d)
+        doc = json.loads(r.stdout) if r.returncode == 0 else {}
+        fields = ("page_size", "used_pages", "free_pages", "used_bytes", "free_bytes")
+        if not check("stats --json %s: page counts are numbers" % label,
+                     all(isinstance(doc.get(f), int) for f in fields), text(r.stdout)):
+            return None
+        check("stats --json %s: bytes are pages times the page size" % label,
+              doc["used_bytes"] == doc["used_pages"] * doc["page_size"] and
+              doc["free_bytes"] == doc["free_pages"] * doc["page_size"], str(doc))
+        check("stats --json %s: used and free pages fit in the data file" % label,
+              (doc["used_pages"] + doc["free_pages"]) * doc["page_size"] <= doc["file_size"],
+              str(doc))
+        return doc
+
+    before = pages("before clear")
+    run(binary, ["clear", "--all"] + d)
+    after = pages("after clear")
+    if before and after:
+        check("clear moves pages from used to free",
+              after["used_pages"] < before["used_pages"] and
+              after["free_pages"] > before["free_pages"], "%s\n%s" % (before, after))
+        r = run(binary, ["stats"] + d)
+        check("stats shows used and free pages",
+              re.search(r"^used +\S+ \S+ \(%d pages?\)$" % after["used_pages"], text(r.stdout),
+                        re.M) is not None and
+              re.search(r"^free +\S+ \S+ \(%d pages?\)$" % after["free_pages"], text(r.stdout),
+                        re.M) is not None, text(r.stdout))
 
 
 def run_on_terminal(binary, args):

@@ -233,6 +233,49 @@ TEST_CASE("stats counts entries and bytes per region, and totals", "[store]") {
   CHECK(stats.readers_used <= stats.max_readers);
 }
 
+// Pages in use in `dir` counted another way than Store does: the two meta
+// pages and every tree's pages, the free list's own tree included.
+std::uint64_t pages_in_trees(const std::string& dir, std::string_view region) {
+  auto env = env_of(dir);
+  const internal::RegionRef ref = region_ref(*env, region);
+  internal::ReadTxn txn;
+  throw_if_error(env->begin_read(txn));
+  const internal::StoreDbs& dbs = env->store_dbs();
+  std::uint64_t pages = 2;
+  for (const MDB_dbi dbi : {MDB_dbi{0}, MDB_dbi{1}, dbs.meta, dbs.written, dbs.expiry, ref.dbi}) {
+    MDB_stat st{};
+    REQUIRE(mdb_stat(txn.get(), dbi, &st) == MDB_SUCCESS);
+    pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  }
+  return pages;
+}
+
+TEST_CASE("stats counts the pages in use and those on LMDB's free list", "[store]") {
+  TempDir dir;
+  {
+    Writer w(dir.path(), "r");
+    // Each value fills an overflow page of its own.
+    for (int i = 0; i < 300; ++i) w.put(str_cat("k", i), std::string(3000, 'v'));
+  }
+  Store store = open_store(dir.path());
+  const StoreStats full = store.stats();
+  CHECK(full.page_size == static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE)));
+  CHECK(full.used_bytes == full.used_pages * full.page_size);
+  CHECK(full.free_bytes == full.free_pages * full.page_size);
+  CHECK(full.used_pages == pages_in_trees(dir.path(), "r"));
+  CHECK(full.used_pages >= 300);
+  CHECK((full.used_pages + full.free_pages) * full.page_size <= full.file_size);
+
+  // The pages of removed entries go on the free list; the file keeps its size.
+  CHECK(store.clear("r") == 300);
+  const StoreStats cleared = store.stats();
+  CHECK(cleared.used_pages == pages_in_trees(dir.path(), "r"));
+  CHECK(cleared.used_pages + 290 <= full.used_pages);
+  CHECK(cleared.free_pages >= full.free_pages + 290);
+  CHECK(cleared.used_pages + cleared.free_pages >= full.used_pages + full.free_pages);
+  CHECK(cleared.file_size == full.file_size);
+}
+
 TEST_CASE("stats shows the max_size the last program to open the cache recorded",
           "[store][fork]") {
   TempDir dir;

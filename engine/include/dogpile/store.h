@@ -58,7 +58,15 @@ struct StoreStats {
   // the cache with another one keep theirs. nullopt: none recorded.
   std::optional<std::uint64_t> max_size;
   std::uint64_t file_size = 0;       // data.mdb on disk
-  std::uint64_t used_bytes = 0;      // pages in use (all trees, free list included)
+  // The data file's pages up to the last one written, in one snapshot:
+  // those in use (the meta pages and every tree's, the free list's own
+  // included) and those on LMDB's free list, which later writes reuse once
+  // no reader still sees them (compact drops them).
+  std::uint32_t page_size = 0;
+  std::uint64_t used_pages = 0;
+  std::uint64_t free_pages = 0;
+  std::uint64_t used_bytes = 0;  // used_pages * page_size
+  std::uint64_t free_bytes = 0;  // free_pages * page_size
   std::uint32_t readers_used = 0;    // reader table slots in use
   std::uint32_t max_readers = 0;
 };
