@@ -500,6 +500,7 @@ struct Store::Impl {
   Status erase(std::string_view region, std::string_view key, bool& erased);
   Status purge(const Progress& progress, std::uint64_t batch, PurgeReport& out);
   Status clear(std::optional<std::string_view> region, std::uint64_t& out);
+  Status zero_stats(std::optional<std::string_view> region, ZeroReport& out);
   Status invalidate(std::string_view region, bool hard);
   Status verify(const Progress& progress, VerifyReport& out);
   Status compact(const std::string& dest);
@@ -843,6 +844,25 @@ Status Store::Impl::clear(std::optional<std::string_view> region, std::uint64_t&
     }
   }
   return Status::ok();
+}
+
+Status Store::Impl::zero_stats(std::optional<std::string_view> region, ZeroReport& out) {
+  out = ZeroReport{};
+  std::shared_ptr<LmdbEnv> e;
+  if (Status s = env(e); !s) return s;
+  if (region) {
+    std::optional<RegionRef> ref;
+    if (Status s = internal::find_region(*e, *region, ref); !s) return s;
+    if (!ref) return region_not_found(*region, path);
+  }
+  // One transaction reads and removes: the writers' read-add-write
+  // transactions (add_usage) come wholly before or after it.
+  return e->write(
+      [&](MDB_txn* txn) {
+        out = ZeroReport{};
+        return internal::reset_usage(txn, e->store_dbs(), region, out.counters, out.regions);
+      },
+      0);
 }
 
 Status Store::Impl::invalidate(std::string_view region, bool hard) {
@@ -1227,6 +1247,12 @@ PurgeReport Store::purge(const Progress& progress, std::uint64_t batch) {
 std::uint64_t Store::clear(std::optional<std::string_view> region) {
   std::uint64_t out = 0;
   throw_if_error(impl_->clear(region, out));
+  return out;
+}
+
+ZeroReport Store::zero_stats(std::optional<std::string_view> region) {
+  ZeroReport out;
+  throw_if_error(impl_->zero_stats(region, out));
   return out;
 }
 

@@ -149,6 +149,18 @@ unsigned mode_of(const std::string& path) {
   return st.st_mode & 07777;
 }
 
+// `call` on region `region`, which the store lacks: a StoreError (ENOENT)
+// naming it.
+void check_no_region(const std::function<void()>& call, const std::string& region) {
+  try {
+    call();
+    FAIL("no error for the unknown region " + region);
+  } catch (const StoreError& e) {
+    CHECK(e.sys_errno() == ENOENT);
+    CHECK(std::string(e.what()).find("'" + region + "'") != std::string::npos);
+  }
+}
+
 int run_child(const std::function<int()>& body) {
   StartGate gate;
   const auto pids = spawn(1, gate, [&](int) { return body(); });
@@ -366,6 +378,58 @@ TEST_CASE("stats reads the counters of a region in another process", "[store][fo
   CHECK(stats.total.counters == c);
 }
 
+TEST_CASE("zero_stats resets counters while another process adds to them", "[store][fork]") {
+  TempDir dir;
+  open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "calm"})
+      ->add_usage(UsageCounters{.hits = 7, .evictions = 2});
+  open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "busy"});
+  Store store = open_store(dir.path());
+
+  // One region: the other keeps its counters.
+  const ZeroReport calm = store.zero_stats("calm");
+  CHECK(calm.regions == 1);
+  CHECK(calm.counters == UsageCounters{.hits = 7, .evictions = 2});
+  CHECK(store.stats().total.counters.empty());
+  CHECK(store.zero_stats("calm").regions == 0);
+  check_no_region([&] { store.zero_stats("nosuch"); }, "nosuch");
+
+  // Every region, again and again, while a child adds one at a time until
+  // told to stop.
+  const std::string stop = dir / "stop";
+  const std::string log = dir / "log";
+  StartGate gate;
+  const std::vector<pid_t> pids = spawn(1, gate, [&](int) {
+    auto busy = open_lmdb_backend(
+        LmdbOptions{.path = dir.path(), .region = "busy", .durability = Durability::kNoSync});
+    std::uint64_t adds = 0;
+    for (; !std::filesystem::exists(stop); ++adds) {
+      busy->add_usage(UsageCounters{.hits = 1, .misses = 2});
+    }
+    log_line(log, "adds " + std::to_string(adds));
+    return 0;
+  });
+  gate.open_gate();
+  constexpr int kResets = 200;
+  UsageCounters removed;
+  for (int i = 0; i < kResets; ++i) {
+    // Something to reset first: the child is adding.
+    while (store.stats().total.counters.empty()) std::this_thread::sleep_for(1ms);
+    const ZeroReport report = store.zero_stats();
+    CHECK(report.regions == 1);
+    removed += report.counters;
+  }
+  std::ofstream(stop).put('\n');
+  REQUIRE(reap(pids) == 0);
+  const std::vector<std::string> lines = read_lines(log);
+  REQUIRE(lines.size() == 1);
+  const std::uint64_t adds = std::stoull(lines[0].substr(5));
+  // What was reset and what came after: every addition, exactly once.
+  UsageCounters all = removed;
+  all += store.stats().total.counters;
+  CHECK(all == UsageCounters{.hits = adds, .misses = 2 * adds});
+  CHECK(removed.hits >= kResets);
+}
+
 TEST_CASE("list walks regions in order, by prefix and limit", "[store]") {
   TempDir dir;
   const std::string long_key = "long:" + std::string(600, 'x');
@@ -567,13 +631,7 @@ TEST_CASE("clear empties one region or all of them", "[store]") {
   CHECK(store.list().size() == 3);
   CHECK(store.verify().ok());
 
-  try {
-    store.clear("nope");
-    FAIL("cleared an unknown region");
-  } catch (const StoreError& e) {
-    CHECK(e.sys_errno() == ENOENT);
-    CHECK(std::string(e.what()).find("'nope'") != std::string::npos);
-  }
+  check_no_region([&] { store.clear("nope"); }, "nope");
 
   CHECK(store.clear() == 3);
   CHECK(store.list().empty());

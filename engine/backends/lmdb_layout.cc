@@ -772,6 +772,41 @@ Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, Us
   return Status::ok();
 }
 
+Status reset_usage(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::string_view> region,
+                   UsageCounters& removed, std::uint64_t& records) {
+  // Found first, removed after: deleting moves the cursor.
+  std::vector<std::string> keys;
+  if (region) {
+    keys.push_back(stats_key(*region));
+  } else {
+    Cursor cursor;
+    if (Status s = cursor.open(txn, dbs.meta); !s) return s;
+    MDB_val key = as_val(kStatsPrefix);
+    MDB_val value{};
+    int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+    for (; rc == MDB_SUCCESS && as_view(key).substr(0, kStatsPrefix.size()) == kStatsPrefix;
+         rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+      keys.emplace_back(as_view(key));
+    }
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read _meta");
+  }
+  for (const std::string& key_bytes : keys) {
+    MDB_val key = as_val(key_bytes);
+    MDB_val value{};
+    const int rc = mdb_get(txn, dbs.meta, &key, &value);
+    if (rc == MDB_NOTFOUND) continue;
+    if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read usage counters");
+    UsageCounters counters;
+    counters_from(as_view(value), counters);
+    if (Status s = del_if_present(txn, dbs.meta, key_bytes, "cannot reset usage counters"); !s) {
+      return s;
+    }
+    removed += counters;
+    ++records;
+  }
+  return Status::ok();
+}
+
 Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                                   std::optional<std::int64_t> expiration_ns, bool& recorded) {
   std::string key(kExpirationPrefix);

@@ -204,6 +204,10 @@ Status clear_region(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
 // ---- usage counters ----
 
 Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, UsageCounters& out);
+// Removes the usage counters of `region`, or of every region, adding what
+// they held to `removed` and the number of records removed to `records`.
+Status reset_usage(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::string_view> region,
+                   UsageCounters& removed, std::uint64_t& records);
 
 // ---- region expirations ----
 

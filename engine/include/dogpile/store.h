@@ -2,7 +2,8 @@
 //
 // A Store opens a cache directory without knowing the C++ types stored in it
 // (it reads envelope headers, docs/format.md) and offers what an operator
-// needs: per-region statistics kept in the store by every process, listing
+// needs: per-region statistics kept in the store by every process (and
+// zeroing them), listing
 // and reading entries, erasing, purging expired entries, clearing regions,
 // invalidating, verifying every checksum and index entry, and writing a
 // compacted copy. The `dogpile` command is a thin shell over this class.
@@ -118,6 +119,12 @@ struct PurgeReport {
   std::uint64_t scanned = 0;  // entries with an expiry (in the expiry index) when it began
 };
 
+// What zero_stats() reset.
+struct ZeroReport {
+  std::uint64_t regions = 0;  // regions whose usage counters were reset
+  UsageCounters counters;     // what they had counted, summed
+};
+
 // Called as work proceeds: `done` of `total` units (entries). The last call
 // has done == total.
 using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
@@ -168,6 +175,14 @@ class Store {
   // most `batch` per write transaction; progress counts removed entries of
   // those in the expiry index.
   PurgeReport purge(const Progress& progress = {}, std::uint64_t batch = 1000);
+  // Resets the usage counters (StoreStats' counters) of `region`, or of
+  // every region, in one write transaction, and returns what they held.
+  // Processes add to the counters in write transactions of their own, so no
+  // addition is lost or counted twice: each lands before the reset (and is
+  // in the report) or after it. Regions publish in batches
+  // (RegionOptions::stats_interval), so reads made shortly before the reset
+  // may still arrive after it. An unknown region is a StoreError (ENOENT).
+  ZeroReport zero_stats(std::optional<std::string_view> region = std::nullopt);
   // Removes every entry of `region`, or of every region; returns how many.
   // Usage counters stay. An unknown region is a StoreError (ENOENT).
   std::uint64_t clear(std::optional<std::string_view> region = std::nullopt);
