@@ -26,6 +26,7 @@
 
 #include "demo.h"
 #include "dogpile/cache_dir.h"
+#include "dogpile/config.h"
 #include "dogpile/error.h"
 #include "dogpile/store.h"
 #include "strf.h"
@@ -1199,24 +1200,55 @@ int run_rm(const KeyArgs& options) {
   return kExitOk;
 }
 
-int run_purge(const CommonArgs& options) {
+struct PurgeArgs : CommonArgs {
+  std::string older_than;  // a duration; empty: expired entries only
+};
+
+// A duration as parse_duration reads it ("90s", "12h", "7d"), above 0.
+const CLI::Validator& positive_duration() {
+  static const CLI::Validator validator(
+      [](const std::string& value) -> std::string {
+        Duration d{};
+        if (const Status s = parse_duration(value, d); !s) return s.message();
+        if (d.count() <= 0) return "'" + value + "' is not longer than 0";
+        return std::string();
+      },
+      "", "DURATION");
+  return validator;
+}
+
+int run_purge(const PurgeArgs& options) {
   Store store = open_store(options);
+  PurgeOptions purge;
+  if (!options.older_than.empty()) {
+    Duration older_than{};
+    throw_if_error(parse_duration(options.older_than, older_than));  // checked by the validator
+    purge.older_than = older_than;
+  }
   PurgeReport report;
   {
     ProgressBar bar(store, "purge", ProgressBar::Unit::kItems);
-    report =
-        store.purge([&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
+    report = store.purge(
+        purge, [&bar](std::uint64_t done, std::uint64_t total) { bar.update(done, total); });
   }
   if (options.json) {
     Json doc = Json::object();
     doc.set("removed", Json::number(report.removed));
     doc.set("scanned", Json::number(report.scanned));
+    doc.set("removed_older", purge.older_than ? Json::number(report.removed_older) : Json());
+    doc.set("examined", purge.older_than ? Json::number(report.examined) : Json());
     print_json(doc);
-  } else {
-    write_out("removed " + count(report.removed, "expired entry", "expired entries") + " (" +
-              count(report.scanned, "expiry index entry", "expiry index entries") +
-              " looked at)\n");
+    return kExitOk;
   }
+  std::string out = "removed " + count(report.removed, "expired entry", "expired entries") +
+                    " (" + count(report.scanned, "expiry index entry", "expiry index entries") +
+                    " looked at)\n";
+  if (purge.older_than) {
+    out += "removed " + count(report.removed_older, "entry", "entries") +
+           " created more than " + options.older_than + " ago (" +
+           count(report.examined, "entry", "entries") + " looked at)\n";
+  }
+  write_out(out);
   return kExitOk;
 }
 
@@ -1580,10 +1612,22 @@ CLI::App* add_rm_command(CLI::App& app, std::function<int()>& run) {
 }
 
 CLI::App* add_purge_command(CLI::App& app, std::function<int()>& run) {
-  return add_command(app, run, "purge", "Remove every entry past its expiry time",
-                     "Example:\n"
-                     "  dogpile purge --dir /var/cache/myapp",
-                     std::make_shared<CommonArgs>(), run_purge);
+  auto options = std::make_shared<PurgeArgs>();
+  CLI::App* command =
+      add_command(app, run, "purge",
+                  "Remove every entry past its expiry time (and with --older-than, old ones)",
+                  "Examples:\n"
+                  "  dogpile purge --dir /var/cache/myapp\n"
+                  "  dogpile purge --older-than 30d   # also whatever was made 30 days ago or "
+                  "more",
+                  options, run_purge);
+  command
+      ->add_option("--older-than", options->older_than,
+                   "Also remove entries created more than this long ago (30s, 12h, 7d), "
+                   "expired or not")
+      ->type_name("DURATION")
+      ->check(positive_duration());
+  return command;
 }
 
 CLI::App* add_clear_command(CLI::App& app, std::function<int()>& run) {

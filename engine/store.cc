@@ -261,6 +261,23 @@ Status count_pages(LmdbEnv& env, MDB_envinfo& info, StoreStats& out) {
   return Status::ok();
 }
 
+// The last write sequence of the write index (0: it is empty).
+Status last_written(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::uint64_t& out) {
+  out = 0;
+  CursorPtr cursor;
+  if (Status s = open_cursor(env, txn, dbs.written, cursor); !s) return s;
+  MDB_val k{};
+  MDB_val v{};
+  const int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_LAST);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return env.status(rc, "cannot read the write index");
+  // A malformed last key (damage verify reports): walk to the end.
+  if (!internal::split_written_key(as_view(k), out)) {
+    out = std::numeric_limits<std::uint64_t>::max();
+  }
+  return Status::ok();
+}
+
 Status entries_of(LmdbEnv& env, MDB_txn* txn, MDB_dbi dbi, std::uint64_t& out) {
   MDB_stat st{};
   if (const int rc = mdb_stat(txn, dbi, &st); rc != MDB_SUCCESS) {
@@ -477,7 +494,8 @@ class Staging {
 // ---- Store::Impl ----
 
 struct Store::Impl {
-  Impl(std::string p, const internal::LmdbEnvOptions& o) : path(std::move(p)), env_options(o) {}
+  Impl(std::string p, const internal::LmdbEnvOptions& o, std::shared_ptr<Clock> c)
+      : path(std::move(p)), env_options(o), clock(std::move(c)) {}
 
   // The environment of this process: reacquired in a fork()ed child, where
   // the parent's must not be used.
@@ -498,7 +516,7 @@ struct Store::Impl {
   Status list(const ListOptions& options, std::vector<EntryInfo>& out);
   Status get(std::string_view region, std::string_view key, Entry& out, bool& found);
   Status erase(std::string_view region, std::string_view key, bool& erased);
-  Status purge(const Progress& progress, std::uint64_t batch, PurgeReport& out);
+  Status purge(const PurgeOptions& options, const Progress& progress, PurgeReport& out);
   Status clear(std::optional<std::string_view> region, std::uint64_t& out);
   Status zero_stats(std::optional<std::string_view> region, ZeroReport& out);
   Status invalidate(std::string_view region, bool hard);
@@ -513,6 +531,7 @@ struct Store::Impl {
 
   const std::string path;
   const internal::LmdbEnvOptions env_options;
+  const std::shared_ptr<Clock> clock;
 
  private:
   std::mutex mutex_;
@@ -777,21 +796,33 @@ Status Store::Impl::erase(std::string_view region, std::string_view key, bool& e
       0);
 }
 
-Status Store::Impl::purge(const Progress& progress, std::uint64_t batch, PurgeReport& out) {
+Status Store::Impl::purge(const PurgeOptions& options, const Progress& progress,
+                          PurgeReport& out) {
   out = PurgeReport{};
+  if (options.older_than && options.older_than->count() <= 0) {
+    return Status::error(StatusCode::kInvalidArgument,
+                         "purge option 'older_than': must be above 0 (clear removes everything)",
+                         path);
+  }
   std::shared_ptr<LmdbEnv> e;
   if (Status s = env(e); !s) return s;
   const StoreDbs& dbs = e->store_dbs();
-  if (batch == 0) batch = 1;
+  const std::uint64_t batch = std::max<std::uint64_t>(options.batch, 1);
+  std::uint64_t written = 0;   // entries in the write index
+  std::uint64_t last_seq = 0;  // the last write sequence in it
   {
     ReadTxn txn;
     if (Status s = e->begin_read(txn); !s) return s;
     if (Status s = entries_of(*e, txn.get(), dbs.expiry, out.scanned); !s) return s;
+    if (options.older_than) {
+      if (Status s = entries_of(*e, txn.get(), dbs.written, written); !s) return s;
+      if (Status s = last_written(*e, txn.get(), dbs, last_seq); !s) return s;
+    }
   }
   // Entries that expire while the purge runs are left for the next one, so
   // it always ends.
-  const std::int64_t now_ns = internal::wall_ns(system_clock()->now());
-  ProgressTicker ticker(progress, out.scanned);
+  const std::int64_t now_ns = internal::wall_ns(clock->now());
+  ProgressTicker ticker(progress, out.scanned + written);
   for (;;) {
     RemovalStep step;
     if (Status s = e->write(
@@ -808,6 +839,36 @@ Status Store::Impl::purge(const Progress& progress, std::uint64_t batch, PurgeRe
     ticker.advance(step.removed);
     ticker.report();
     if (!step.more) break;
+  }
+  if (options.older_than) {
+    // The expiry index is done with, however much of it was expired.
+    ticker.advance(out.scanned - std::min(out.scanned, out.removed));
+    const std::int64_t created_before =
+        internal::saturating_sub(now_ns, options.older_than->count());
+    std::string resume;  // where the walk of the write index goes on
+    for (bool more = true; more;) {
+      RemovalStep step;
+      std::uint64_t examined = 0;
+      std::string next;
+      if (Status s = e->write(
+              [&](MDB_txn* txn) {
+                step = RemovalStep{};
+                examined = 0;
+                next = resume;
+                return internal::purge_created_before(*e, txn, dbs, created_before, last_seq,
+                                                      batch, next, examined, step);
+              },
+              0);
+          !s) {
+        return s;
+      }
+      resume = std::move(next);
+      out.removed_older += step.removed;
+      out.examined += examined;
+      ticker.advance(examined);
+      ticker.report();
+      more = step.more;
+    }
   }
   ticker.finish();
   return Status::ok();
@@ -1200,7 +1261,8 @@ Store Store::open(const StoreOptions& options) {
   env_options.max_regions = options.max_regions;
   env_options.max_readers = LmdbOptions{}.max_readers;
   env_options.durability = options.durability;
-  auto impl = std::make_unique<Impl>(path, env_options);
+  auto impl = std::make_unique<Impl>(path, env_options,
+                                     options.clock ? options.clock : system_clock());
   std::shared_ptr<LmdbEnv> env;
   throw_if_error(impl->env(env));
   return Store(std::move(impl));
@@ -1239,8 +1301,12 @@ bool Store::erase(std::string_view region, std::string_view key) {
 }
 
 PurgeReport Store::purge(const Progress& progress, std::uint64_t batch) {
+  return purge(PurgeOptions{.batch = batch}, progress);
+}
+
+PurgeReport Store::purge(const PurgeOptions& options, const Progress& progress) {
   PurgeReport out;
-  throw_if_error(impl_->purge(progress, batch, out));
+  throw_if_error(impl_->purge(options, progress, out));
   return out;
 }
 

@@ -89,6 +89,12 @@ CASES = [
                             ["ls", "users"]]),
     ("purge", "clean", [["purge"], ["ls", "--prefix", "expired"], ["ls", "users"],
                         ["purge"]]),
+    # The fixture's entries were created on 2024-05-01: none a century ago, all a day ago.
+    ("purge_older_than", "clean", [["purge", "--older-than", "36500d"], ["ls", "users"],
+                                   ["purge", "--older-than", "1d"], ["ls"],
+                                   ["purge", "--older-than", "soon"],
+                                   ["purge", "--older-than", "0s"],
+                                   ["purge", "--older-than", ""]]),
     ("clear_region", "clean", [["clear", "users"], ["ls", "users"], ["stats"]]),
     ("clear_all", "clean", [["clear", "--all"], ["ls"]]),
     ("clear_needs_region_or_all", "clean", [["clear"], ["ls", "users"]]),

@@ -607,6 +607,68 @@ TEST_CASE("purge removes only expired entries, in batches, with progress", "[sto
   CHECK(store.purge().removed == 0);
 }
 
+TEST_CASE("purge older_than also removes entries created longer ago, by the store's clock",
+          "[store]") {
+  TempDir dir;
+  auto clock = std::make_shared<FakeClock>();
+  {
+    Region r({.name = "r", .clock = clock}, "lmdb", {{"path", dir.path()}});
+    Region s({.name = "s", .clock = clock}, "lmdb", {{"path", dir.path()}});
+    r.set<std::string>("old", "x");
+    r.set<std::string>("old-expires-later", "x", {.ttl = 48h});
+    s.set<std::string>("old", "x");
+    clock->advance(2h);
+    r.set<std::string>("mid", "x");
+    clock->advance(1h);
+    r.set<std::string>("expired", "x", {.ttl = 10min});
+    clock->advance(1h);
+    r.set<std::string>("new", "x");
+  }
+  Writer(dir.path(), "r").put_raw("not-an-envelope", std::string(80, 'z'));
+
+  Store store = Store::open(StoreOptions{.path = dir.path(), .clock = clock});
+  CHECK_THROWS_AS(store.purge(PurgeOptions{.older_than = 0s}), ConfigError);
+  CHECK_THROWS_AS(store.purge(PurgeOptions{.older_than = -1s}), ConfigError);
+
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+  // Four hours after the first writes: three hours is older than the first three.
+  const PurgeReport report = store.purge(
+      PurgeOptions{.older_than = 3h, .batch = 2},
+      [&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); });
+  CHECK(report.removed == 1);  // "expired", by its ttl
+  CHECK(report.scanned == 2);
+  CHECK(report.removed_older == 3);
+  CHECK(report.examined == 6);  // what the expired ones left of the write index
+  std::set<std::string> left;
+  for (const EntryInfo& e : store.list()) left.insert(e.region + "/" + e.key);
+  CHECK(left == std::set<std::string>{"r/mid", "r/new", "r/not-an-envelope"});
+  // The expiry index (2), then the write index (7) in batches of 2.
+  REQUIRE_FALSE(calls.empty());
+  CHECK(calls.back() == std::pair<std::uint64_t, std::uint64_t>{9, 9});
+  for (std::size_t i = 1; i < calls.size(); ++i) CHECK(calls[i].first >= calls[i - 1].first);
+  CHECK(calls.size() >= 4);
+  // Removals for age are no usage of the regions'.
+  const StoreStats stats = store.stats();
+  CHECK(stats.total.counters == UsageCounters{.expired_purged = 1});
+  // The indexes lost what the entries lost; the bytes that are no envelope stay.
+  const VerifyReport verified = store.verify();
+  INFO(describe(verified));
+  REQUIRE(verified.problems.size() == 1);
+  CHECK(verified.problems[0].key == "not-an-envelope");
+  CHECK(verified.index_entries == 3);
+
+  // The same age again: nothing is left that old.
+  const PurgeReport again = store.purge(PurgeOptions{.older_than = 3h});
+  CHECK(again.removed_older == 0);
+  CHECK(again.examined == 3);
+  // Without older_than, only expired entries go, and nothing is looked at for its age.
+  clock->advance(24h);
+  const PurgeReport plain = store.purge();
+  CHECK(plain.removed == 0);
+  CHECK(plain.examined == 0);
+  CHECK(store.list().size() == 3);
+}
+
 TEST_CASE("clear empties one region or all of them", "[store]") {
   TempDir dir;
   {

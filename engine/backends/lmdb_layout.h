@@ -185,6 +185,18 @@ struct RemovalStep {
 Status purge_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
                      std::uint64_t limit, RemovalStep& out);
 
+// Looks at up to `limit` entries of _written in write order, from the key
+// `resume` on (empty: the first) and up to write sequence `last_seq`, and
+// removes those whose envelope says they were created before
+// `created_before_ns` (entries that are no envelope stay). `resume` is set
+// to where the next call goes on, `examined` adds the entries looked at,
+// and out.more says whether there are more. No usage counter counts these
+// removals.
+Status purge_created_before(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs,
+                            std::int64_t created_before_ns, std::uint64_t last_seq,
+                            std::uint64_t limit, std::string& resume, std::uint64_t& examined,
+                            RemovalStep& out);
+
 // Eviction: expired entries first (by the expiry index, then by their
 // region's recorded expiration), then the least recently written, until
 // at least `bytes_to_free` record bytes are gone or nothing is left;

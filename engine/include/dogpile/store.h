@@ -3,10 +3,10 @@
 // A Store opens a cache directory without knowing the C++ types stored in it
 // (it reads envelope headers, docs/format.md) and offers what an operator
 // needs: per-region statistics kept in the store by every process (and
-// zeroing them), listing
-// and reading entries, erasing, purging expired entries, clearing regions,
-// invalidating, verifying every checksum and index entry, and writing a
-// compacted copy. The `dogpile` command is a thin shell over this class.
+// zeroing them), listing and reading entries, erasing, purging expired (or
+// old) entries, clearing regions, invalidating, verifying every checksum
+// and index entry, and writing a compacted copy. The `dogpile` command is a
+// thin shell over this class.
 //
 // Purge and clear work in bounded batches of write transactions, so a
 // writer in another process never waits long behind them. Verify reads one
@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dogpile/clock.h"
+#include "dogpile/config.h"
 #include "dogpile/envelope.h"
 #include "dogpile/lmdb_backend.h"
 #include "dogpile/usage_counters.h"
@@ -114,9 +116,23 @@ struct VerifyReport {
   bool ok() const noexcept { return problems.empty(); }
 };
 
+struct PurgeOptions {
+  // Also remove every entry created more than this long ago (its envelope's
+  // created_at against the store's clock), expired or not. Must be above 0.
+  // Default: none (only expired entries go).
+  std::optional<Duration> older_than;
+  // Most entries removed, and with older_than most looked at, per write
+  // transaction. Default: 1000.
+  std::uint64_t batch = 1000;
+};
+
 struct PurgeReport {
   std::uint64_t removed = 0;  // expired entries removed
   std::uint64_t scanned = 0;  // entries with an expiry (in the expiry index) when it began
+  // With older_than: entries removed for their age (after the expired ones),
+  // and the entries whose age was looked at (all written before it began).
+  std::uint64_t removed_older = 0;
+  std::uint64_t examined = 0;
 };
 
 // What zero_stats() reset.
@@ -142,6 +158,9 @@ struct StoreOptions {
   std::uint64_t max_size = LmdbOptions{}.max_size;
   std::uint32_t max_regions = LmdbOptions{}.max_regions;
   Durability durability = Durability::kDurable;
+  // Wall clock purge() judges expiry and age by.
+  // Default: system_clock().
+  std::shared_ptr<Clock> clock;
 };
 
 class Store {
@@ -171,10 +190,17 @@ class Store {
   bool get(std::string_view region, std::string_view key, Entry& out);
   // Whether an entry was removed.
   bool erase(std::string_view region, std::string_view key);
-  // Removes every entry past its expires_at (now, by the system clock), at
+  // Removes every entry past its expires_at (now, by the store's clock), at
   // most `batch` per write transaction; progress counts removed entries of
   // those in the expiry index.
   PurgeReport purge(const Progress& progress = {}, std::uint64_t batch = 1000);
+  // purge(), and then with options.older_than every entry created longer
+  // ago than that, walking the write index in batches; progress counts the
+  // expiry index's entries and then the entries looked at. Entries written
+  // while it runs are left alone, and entries that are no envelope stay
+  // (verify reports them). Removals for age count in no usage counter. A
+  // bad option is a ConfigError naming it.
+  PurgeReport purge(const PurgeOptions& options, const Progress& progress = {});
   // Resets the usage counters (StoreStats' counters) of `region`, or of
   // every region, in one write transaction, and returns what they held.
   // Processes add to the counters in write transactions of their own, so no
