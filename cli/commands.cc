@@ -971,12 +971,8 @@ std::string ratio_token(double ratio) {
   return token;
 }
 
-Json usage_json(const RegionUsage& usage) {
-  const UsageCounters& c = usage.counters;
-  Json j = Json::object();
-  j.set("name", Json::string(usage.name));
-  j.set("entries", Json::number(usage.entries));
-  j.set("bytes", Json::number(usage.bytes));
+// The usage counters' fields, set on `j` in the order stats prints them.
+void set_counters(Json& j, const UsageCounters& c) {
   j.set("hits", Json::number(c.hits));
   j.set("misses", Json::number(c.misses));
   const std::optional<double> ratio = hit_ratio(c);
@@ -987,30 +983,96 @@ Json usage_json(const RegionUsage& usage) {
   j.set("expired_purged", Json::number(c.expired_purged));
   j.set("corruptions", Json::number(c.corruptions));
   j.set("mismatches", Json::number(c.mismatches));
+}
+
+Json usage_json(const RegionUsage& usage) {
+  Json j = Json::object();
+  j.set("name", Json::string(usage.name));
+  j.set("entries", Json::number(usage.entries));
+  j.set("bytes", Json::number(usage.bytes));
+  set_counters(j, usage.counters);
   j.set("hard_stamp", stamp_json(usage.hard_stamp));
   j.set("soft_stamp", stamp_json(usage.soft_stamp));
   return j;
 }
 
-std::vector<std::string> usage_row(const RegionUsage& usage) {
-  const UsageCounters& c = usage.counters;
-  const std::optional<double> ratio = hit_ratio(c);
-  return {printable(usage.name), u64(usage.entries), human_bytes(usage.bytes),
-          u64(c.hits),           u64(c.misses),      ratio ? strf("%.1f%%", *ratio * 100) : "-",
-          u64(c.stale_served),   u64(c.creations),   u64(c.evictions),
-          u64(c.expired_purged), u64(c.corruptions), u64(c.mismatches)};
+// A table whose columns are `first` (aligned as `align` says) and then the
+// usage counters', aligned right.
+Table counters_table(std::vector<std::string> first, std::string align) {
+  for (const char* column : {"hits", "misses", "hit%", "stale", "creations", "evictions",
+                             "purged", "corruptions", "mismatches"}) {
+    first.emplace_back(column);
+    align += 'r';
+  }
+  return Table(std::move(first), std::move(align));
 }
 
-int run_stats(const CommonArgs& options) {
+// `first` and then the cells of the usage counters' columns.
+std::vector<std::string> counters_row(std::vector<std::string> first, const UsageCounters& c) {
+  const std::optional<double> ratio = hit_ratio(c);
+  for (std::string cell :
+       {u64(c.hits), u64(c.misses), ratio ? strf("%.1f%%", *ratio * 100) : "-",
+        u64(c.stale_served), u64(c.creations), u64(c.evictions), u64(c.expired_purged),
+        u64(c.corruptions), u64(c.mismatches)}) {
+    first.push_back(std::move(cell));
+  }
+  return first;
+}
+
+std::vector<std::string> usage_row(const RegionUsage& usage) {
+  return counters_row({printable(usage.name), u64(usage.entries), human_bytes(usage.bytes)},
+                      usage.counters);
+}
+
+struct StatsArgs : CommonArgs {
+  bool zero = false;
+  std::string region;  // with zero: only this region
+};
+
+// stats --zero: resets the counters and prints what they had counted.
+int run_zero(Store& store, const StatsArgs& options) {
+  std::optional<std::string_view> region;
+  if (!options.region.empty()) {
+    if (!has_region(store, options.region)) return no_region(store, options.region);
+    region = options.region;
+  }
+  const ZeroReport report = store.zero_stats(region);
+  if (options.json) {
+    Json doc = Json::object();
+    doc.set("region", region ? Json::string(options.region) : Json());
+    doc.set("regions", Json::number(report.regions));
+    Json counters = Json::object();
+    set_counters(counters, report.counters);
+    doc.set("counters", std::move(counters));
+    print_json(doc);
+    return kExitOk;
+  }
+  std::string out = "zeroed the usage counters of " +
+                    (region ? "region " + in_quotes(options.region)
+                            : "every region (" + u64(report.regions) + " had counts)") +
+                    "; they had counted:\n";
+  Table table = counters_table({}, "");
+  table.add(counters_row({}, report.counters));
+  table.print(out);
+  write_out(out);
+  return kExitOk;
+}
+
+int run_stats(const StatsArgs& options) {
   Store store = open_store(options);
+  if (options.zero) return run_zero(store, options);
   const StoreStats stats = store.stats();
   if (options.json) {
     Json doc = Json::object();
     doc.set("path", Json::string(stats.path));
     doc.set("map_size", Json::number(stats.map_size));
-    doc.set("max_size", Json::number(stats.max_size));
+    doc.set("max_size", stats.max_size ? Json::number(*stats.max_size) : Json());
     doc.set("file_size", Json::number(stats.file_size));
+    doc.set("page_size", Json::number(stats.page_size));
+    doc.set("used_pages", Json::number(stats.used_pages));
+    doc.set("free_pages", Json::number(stats.free_pages));
     doc.set("used_bytes", Json::number(stats.used_bytes));
+    doc.set("free_bytes", Json::number(stats.free_bytes));
     doc.set("readers_used", Json::number(stats.readers_used));
     doc.set("max_readers", Json::number(stats.max_readers));
     Json regions = Json::array();
@@ -1022,16 +1084,19 @@ int run_stats(const CommonArgs& options) {
   }
   std::string out;
   Table summary({"cache", stats.path}, "ll");
-  summary.add({"max size", human_bytes(stats.max_size)});
+  // The cache's own, as the programs using it recorded it; never this
+  // command's default.
+  summary.add({"max size", stats.max_size ? human_bytes(*stats.max_size) : "not recorded"});
   summary.add({"map", human_bytes(stats.map_size)});
-  summary.add({"used", human_bytes(stats.used_bytes)});
   summary.add({"data file", human_bytes(stats.file_size)});
+  summary.add({"used", human_bytes(stats.used_bytes) + " (" +
+                           count(stats.used_pages, "page", "pages") + ")"});
+  summary.add({"free", human_bytes(stats.free_bytes) + " (" +
+                           count(stats.free_pages, "page", "pages") + ")"});
   summary.add({"readers", strf("%u of %u", stats.readers_used, stats.max_readers)});
   summary.print(out);
   out += "\n";
-  Table table({"region", "entries", "bytes", "hits", "misses", "hit%", "stale", "creations",
-               "evictions", "purged", "corruptions", "mismatches"},
-              "lrrrrrrrrrrr");
+  Table table = counters_table({"region", "entries", "bytes"}, "lrr");
   for (const RegionUsage& usage : stats.regions) table.add(usage_row(usage));
   table.add(usage_row(stats.total));
   table.print(out);
@@ -1340,23 +1405,41 @@ int run_rm(const KeyArgs& options) {
   return kExitOk;
 }
 
-int run_purge(const CommonArgs& options) {
+struct PurgeArgs : CommonArgs {
+  std::string older_than;  // a duration; empty: expired entries only
+};
+
+int run_purge(const PurgeArgs& options) {
   Store store = open_store(options);
+  PurgeOptions purge;
+  if (!options.older_than.empty()) {
+    Duration older_than{};
+    throw_if_error(parse_duration(options.older_than, older_than));  // checked by the validator
+    purge.older_than = older_than;
+  }
   PurgeReport report;
   {
     ProgressBar bar(store, "purge", ProgressBar::Unit::kItems);
-    report = store.purge(bar.progress());
+    report = store.purge(purge, bar.progress());
   }
   if (options.json) {
     Json doc = Json::object();
     doc.set("removed", Json::number(report.removed));
     doc.set("scanned", Json::number(report.scanned));
+    doc.set("removed_older", purge.older_than ? Json::number(report.removed_older) : Json());
+    doc.set("examined", purge.older_than ? Json::number(report.examined) : Json());
     print_json(doc);
-  } else {
-    write_out("removed " + count(report.removed, "expired entry", "expired entries") + " (" +
-              count(report.scanned, "expiry index entry", "expiry index entries") +
-              " looked at)\n");
+    return kExitOk;
   }
+  std::string out = "removed " + count(report.removed, "expired entry", "expired entries") +
+                    " (" + count(report.scanned, "expiry index entry", "expiry index entries") +
+                    " looked at)\n";
+  if (purge.older_than) {
+    out += "removed " + count(report.removed_older, "entry", "entries") +
+           " created more than " + options.older_than + " ago (" +
+           count(report.examined, "entry", "entries") + " looked at)\n";
+  }
+  write_out(out);
   return kExitOk;
 }
 
@@ -1575,13 +1658,28 @@ int run_demo_command(const DemoArgs& options) {
 // Registration
 
 CLI::App* add_stats_command(CLI::App& app, std::function<int()>& run) {
-  return add_command(
+  auto options = std::make_shared<StatsArgs>();
+  CLI::App* command = add_command(
       app, run, "stats",
       "Entries, bytes and usage counters per region, with totals and the store's size",
       "Examples:\n"
       "  dogpile stats --dir /var/cache/myapp\n"
-      "  dogpile stats --json | jq .total.hit_ratio",
-      std::make_shared<CommonArgs>(), run_stats);
+      "  dogpile stats --json | jq .total.hit_ratio\n"
+      "  dogpile stats --zero --region users   # start counting afresh\n"
+      "\nEvery read (get, get_or_create, each key of a multi call) counts once: a hit\n"
+      "when it returned a fresh stored value (also one another process stored while\n"
+      "it waited), a miss when it returned none (its creator ran, or it failed),\n"
+      "stale when it returned a stale value. hit% = hits / (hits + misses).",
+      options, run_stats);
+  CLI::Option* zero = command->add_flag(
+      "--zero", options->zero,
+      "Reset the usage counters of every region (or of --region) to zero for every process, "
+      "and print what they had counted");
+  command->add_option("--region", options->region, "With --zero: only this region")
+      ->type_name("REGION")
+      ->check(not_empty())
+      ->needs(zero);
+  return command;
 }
 
 CLI::App* add_ls_command(CLI::App& app, std::function<int()>& run) {
@@ -1644,10 +1742,22 @@ CLI::App* add_rm_command(CLI::App& app, std::function<int()>& run) {
 }
 
 CLI::App* add_purge_command(CLI::App& app, std::function<int()>& run) {
-  return add_command(app, run, "purge", "Remove every entry past its expiry time",
-                     "Example:\n"
-                     "  dogpile purge --dir /var/cache/myapp",
-                     std::make_shared<CommonArgs>(), run_purge);
+  auto options = std::make_shared<PurgeArgs>();
+  CLI::App* command =
+      add_command(app, run, "purge",
+                  "Remove every entry past its expiry time (and with --older-than, old ones)",
+                  "Examples:\n"
+                  "  dogpile purge --dir /var/cache/myapp\n"
+                  "  dogpile purge --older-than 30d   # also whatever was made 30 days ago or "
+                  "more",
+                  options, run_purge);
+  command
+      ->add_option("--older-than", options->older_than,
+                   "Also remove entries created more than this long ago (30s, 12h, 7d), "
+                   "expired or not")
+      ->type_name("DURATION")
+      ->check(positive_duration());
+  return command;
 }
 
 CLI::App* add_clear_command(CLI::App& app, std::function<int()>& run) {

@@ -611,6 +611,15 @@ CreationMutex::Timeout Region::key_wait_timeout() const {
   return options_.lock_timeout;
 }
 
+void Region::count_answer(Answer answer, std::uint64_t reads) noexcept {
+  switch (answer) {
+    case Answer::kHit: counters_.hits.fetch_add(reads, std::memory_order_relaxed); return;
+    case Answer::kStale: counters_.stale_served.fetch_add(reads, std::memory_order_relaxed); return;
+    case Answer::kMiss: break;
+  }
+  counters_.misses.fetch_add(reads, std::memory_order_relaxed);
+}
+
 Status Region::wait_for_lock(CreationMutex& mutex) { return timed_wait(mutex, key_wait_timeout()); }
 
 Status Region::timed_wait(CreationMutex& mutex, CreationMutex::Timeout timeout) {

@@ -45,6 +45,12 @@ constexpr std::uint64_t kClearBatch = 1000;
 constexpr std::uint64_t kProgressStep = 4096;
 // How often compact looks at the size of the copy it writes.
 constexpr auto kCopyPoll = std::chrono::milliseconds(50);
+// LMDB's free list: the database of pages that writes may reuse.
+constexpr MDB_dbi kFreeListDbi = 0;
+// Reads of the page counts stats() makes while writers keep committing
+// between its snapshot and the environment's information, before it takes
+// the two from neighbouring commits.
+constexpr int kPageCountAttempts = 16;
 // The store reads whatever an envelope holds: sizes are still checked
 // against the bytes at hand, which is what keeps decoding safe.
 constexpr std::size_t kAnyValueSize = std::numeric_limits<std::size_t>::max();
@@ -204,6 +210,78 @@ class ProgressTicker {
   std::uint64_t done_ = 0;
   std::uint64_t reported_ = 0;
 };
+
+// Sums the page lists of LMDB's free list (FREE_DBI, dbi 0), as mdb_stat -f
+// does: each record is an array of page numbers whose first element is
+// their count.
+Status count_free_pages(LmdbEnv& env, MDB_txn* txn, std::uint64_t& out) {
+  out = 0;
+  CursorPtr cursor;
+  if (Status s = open_cursor(env, txn, kFreeListDbi, cursor); !s) return s;
+  MDB_val k{};
+  MDB_val v{};
+  int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_FIRST);
+  for (; rc == MDB_SUCCESS; rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_NEXT)) {
+    std::size_t count = 0;
+    if (v.mv_size >= sizeof count) std::memcpy(&count, v.mv_data, sizeof count);
+    if (v.mv_size < sizeof count || count > v.mv_size / sizeof count - 1) {
+      return Status::error(StatusCode::kCorruption,
+                           "LMDB's free list is damaged: a record of " +
+                               std::to_string(v.mv_size) + " bytes lists " +
+                               std::to_string(count) + " pages",
+                           env.path() + "/data.mdb");
+    }
+    out += count;
+  }
+  if (rc != MDB_NOTFOUND) return env.status(rc, "cannot read LMDB's free list");
+  return Status::ok();
+}
+
+// The data file's pages (StoreStats): `info` and the free list are read
+// for one commit, the last, which the read transaction sees unless a
+// writer commits between the two; then they are read again.
+Status count_pages(LmdbEnv& env, MDB_envinfo& info, StoreStats& out) {
+  MDB_stat env_stat{};
+  if (const int rc = mdb_env_stat(env.raw(), &env_stat); rc != MDB_SUCCESS) {
+    return env.status(rc, "cannot read the environment's statistics");
+  }
+  std::uint64_t free_pages = 0;
+  for (int attempt = 1;; ++attempt) {
+    ReadTxn txn;
+    if (Status s = env.begin_read(txn); !s) return s;
+    if (const int rc = mdb_env_info(env.raw(), &info); rc != MDB_SUCCESS) {
+      return env.status(rc, "cannot read the environment's information");
+    }
+    if (info.me_last_txnid != mdb_txn_id(txn.get()) && attempt < kPageCountAttempts) continue;
+    if (Status s = count_free_pages(env, txn.get(), free_pages); !s) return s;
+    break;
+  }
+  // Pages 0 to me_last_pgno: the meta pages, every tree's, and the free ones.
+  const std::uint64_t pages = std::uint64_t{info.me_last_pgno} + 1;
+  out.page_size = env_stat.ms_psize;
+  out.free_pages = std::min(free_pages, pages);
+  out.used_pages = pages - out.free_pages;
+  out.used_bytes = out.used_pages * out.page_size;
+  out.free_bytes = out.free_pages * out.page_size;
+  return Status::ok();
+}
+
+// The last write sequence of the write index (0: it is empty).
+Status last_written(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::uint64_t& out) {
+  out = 0;
+  CursorPtr cursor;
+  if (Status s = open_cursor(env, txn, dbs.written, cursor); !s) return s;
+  MDB_val k{};
+  MDB_val v{};
+  const int rc = mdb_cursor_get(cursor.get(), &k, &v, MDB_LAST);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return env.status(rc, "cannot read the write index");
+  // A malformed last key (damage verify reports): walk to the end.
+  if (!internal::split_written_key(as_view(k), out)) {
+    out = std::numeric_limits<std::uint64_t>::max();
+  }
+  return Status::ok();
+}
 
 Status entries_of(LmdbEnv& env, MDB_txn* txn, MDB_dbi dbi, std::uint64_t& out) {
   MDB_stat st{};
@@ -491,7 +569,8 @@ class Staging {
 // ---- Store::Impl ----
 
 struct Store::Impl {
-  Impl(std::string p, const internal::LmdbEnvOptions& o) : path(std::move(p)), env_options(o) {}
+  Impl(std::string p, const internal::LmdbEnvOptions& o, std::shared_ptr<Clock> c)
+      : path(std::move(p)), env_options(o), clock(std::move(c)) {}
 
   // The environment of this process: reacquired in a fork()ed child, where
   // the parent's must not be used.
@@ -512,8 +591,9 @@ struct Store::Impl {
   Status list(const ListOptions& options, std::vector<EntryInfo>& out);
   Status get(std::string_view region, std::string_view key, Entry& out, bool& found);
   Status erase(std::string_view region, std::string_view key, bool& erased);
-  Status purge(const Progress& progress, std::uint64_t batch, PurgeReport& out);
+  Status purge(const PurgeOptions& options, const Progress& progress, PurgeReport& out);
   Status clear(std::optional<std::string_view> region, std::uint64_t& out);
+  Status zero_stats(std::optional<std::string_view> region, ZeroReport& out);
   Status invalidate(std::string_view region, bool hard);
   Status verify(const Progress& progress, VerifyReport& out);
   Status compact(const std::string& dest, const Progress& progress);
@@ -526,6 +606,7 @@ struct Store::Impl {
 
   const std::string path;
   const internal::LmdbEnvOptions env_options;
+  const std::shared_ptr<Clock> clock;
 
  private:
   std::mutex mutex_;
@@ -631,6 +712,7 @@ Status Store::Impl::stats(StoreStats& out) {
       u.name = name;
     }
     if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return e->status(rc, "cannot read _meta");
+    if (Status s = internal::read_max_size(txn.get(), dbs, out.max_size); !s) return s;
     for (auto& [name, u] : usage) {
       if (Status s = internal::read_usage(txn.get(), dbs, name, u.counters); !s) return s;
       if (Status s = region_stamps(name, u.hard_stamp, u.soft_stamp); !s) return s;
@@ -642,16 +724,8 @@ Status Store::Impl::stats(StoreStats& out) {
   }
 
   MDB_envinfo info{};
-  if (const int rc = mdb_env_info(e->raw(), &info); rc != MDB_SUCCESS) {
-    return e->status(rc, "cannot read the environment's information");
-  }
-  MDB_stat env_stat{};
-  if (const int rc = mdb_env_stat(e->raw(), &env_stat); rc != MDB_SUCCESS) {
-    return e->status(rc, "cannot read the environment's statistics");
-  }
+  if (Status s = count_pages(*e, info, out); !s) return s;
   out.map_size = info.me_mapsize;
-  out.max_size = e->max_size();
-  out.used_bytes = (std::uint64_t{info.me_last_pgno} + 1) * env_stat.ms_psize;
   out.max_readers = info.me_maxreaders;
   // me_numreaders is the table's high-water mark; count the slots held now
   // (pooled readers of live processes included).
@@ -797,21 +871,33 @@ Status Store::Impl::erase(std::string_view region, std::string_view key, bool& e
       0);
 }
 
-Status Store::Impl::purge(const Progress& progress, std::uint64_t batch, PurgeReport& out) {
+Status Store::Impl::purge(const PurgeOptions& options, const Progress& progress,
+                          PurgeReport& out) {
   out = PurgeReport{};
+  if (options.older_than && options.older_than->count() <= 0) {
+    return Status::error(StatusCode::kInvalidArgument,
+                         "purge option 'older_than': must be above 0 (clear removes everything)",
+                         path);
+  }
   std::shared_ptr<LmdbEnv> e;
   if (Status s = env(e); !s) return s;
   const StoreDbs& dbs = e->store_dbs();
-  if (batch == 0) batch = 1;
+  const std::uint64_t batch = std::max<std::uint64_t>(options.batch, 1);
+  std::uint64_t written = 0;   // entries in the write index
+  std::uint64_t last_seq = 0;  // the last write sequence in it
   {
     ReadTxn txn;
     if (Status s = e->begin_read(txn); !s) return s;
     if (Status s = entries_of(*e, txn.get(), dbs.expiry, out.scanned); !s) return s;
+    if (options.older_than) {
+      if (Status s = entries_of(*e, txn.get(), dbs.written, written); !s) return s;
+      if (Status s = last_written(*e, txn.get(), dbs, last_seq); !s) return s;
+    }
   }
   // Entries that expire while the purge runs are left for the next one, so
   // it always ends.
-  const std::int64_t now_ns = internal::wall_ns(system_clock()->now());
-  ProgressTicker ticker(progress, out.scanned);
+  const std::int64_t now_ns = internal::wall_ns(clock->now());
+  ProgressTicker ticker(progress, out.scanned + written);
   for (;;) {
     RemovalStep step;
     if (Status s = e->write(
@@ -828,6 +914,36 @@ Status Store::Impl::purge(const Progress& progress, std::uint64_t batch, PurgeRe
     ticker.advance(step.removed);
     ticker.report();
     if (!step.more) break;
+  }
+  if (options.older_than) {
+    // The expiry index is done with, however much of it was expired.
+    ticker.advance(out.scanned - std::min(out.scanned, out.removed));
+    const std::int64_t created_before =
+        internal::saturating_sub(now_ns, options.older_than->count());
+    std::string resume;  // where the walk of the write index goes on
+    for (bool more = true; more;) {
+      RemovalStep step;
+      std::uint64_t examined = 0;
+      std::string next;
+      if (Status s = e->write(
+              [&](MDB_txn* txn) {
+                step = RemovalStep{};
+                examined = 0;
+                next = resume;
+                return internal::purge_created_before(*e, txn, dbs, created_before, last_seq,
+                                                      batch, next, examined, step);
+              },
+              0);
+          !s) {
+        return s;
+      }
+      resume = std::move(next);
+      out.removed_older += step.removed;
+      out.examined += examined;
+      ticker.advance(examined);
+      ticker.report();
+      more = step.more;
+    }
   }
   ticker.finish();
   return Status::ok();
@@ -864,6 +980,25 @@ Status Store::Impl::clear(std::optional<std::string_view> region, std::uint64_t&
     }
   }
   return Status::ok();
+}
+
+Status Store::Impl::zero_stats(std::optional<std::string_view> region, ZeroReport& out) {
+  out = ZeroReport{};
+  std::shared_ptr<LmdbEnv> e;
+  if (Status s = env(e); !s) return s;
+  if (region) {
+    std::optional<RegionRef> ref;
+    if (Status s = internal::find_region(*e, *region, ref); !s) return s;
+    if (!ref) return region_not_found(*region, path);
+  }
+  // One transaction reads and removes: the writers' read-add-write
+  // transactions (add_usage) come wholly before or after it.
+  return e->write(
+      [&](MDB_txn* txn) {
+        out = ZeroReport{};
+        return internal::reset_usage(txn, e->store_dbs(), region, out.counters, out.regions);
+      },
+      0);
 }
 
 Status Store::Impl::invalidate(std::string_view region, bool hard) {
@@ -1211,7 +1346,8 @@ Store Store::open(const StoreOptions& options) {
   env_options.max_regions = options.max_regions;
   env_options.max_readers = LmdbOptions{}.max_readers;
   env_options.durability = options.durability;
-  auto impl = std::make_unique<Impl>(path, env_options);
+  auto impl = std::make_unique<Impl>(path, env_options,
+                                     options.clock ? options.clock : system_clock());
   std::shared_ptr<LmdbEnv> env;
   throw_if_error(impl->env(env));
   return Store(std::move(impl));
@@ -1250,14 +1386,24 @@ bool Store::erase(std::string_view region, std::string_view key) {
 }
 
 PurgeReport Store::purge(const Progress& progress, std::uint64_t batch) {
+  return purge(PurgeOptions{.batch = batch}, progress);
+}
+
+PurgeReport Store::purge(const PurgeOptions& options, const Progress& progress) {
   PurgeReport out;
-  throw_if_error(impl_->purge(progress, batch, out));
+  throw_if_error(impl_->purge(options, progress, out));
   return out;
 }
 
 std::uint64_t Store::clear(std::optional<std::string_view> region) {
   std::uint64_t out = 0;
   throw_if_error(impl_->clear(region, out));
+  return out;
+}
+
+ZeroReport Store::zero_stats(std::optional<std::string_view> region) {
+  ZeroReport out;
+  throw_if_error(impl_->zero_stats(region, out));
   return out;
 }
 

@@ -3,10 +3,12 @@
 //   cli_golden_fixture DIR populate   every codec, odd keys, expiry, usage counters
 //   cli_golden_fixture DIR corrupt    adds two damaged entries to region "default"
 //   cli_golden_fixture DIR bulk N     adds N small entries to region "bulk"
+//   cli_golden_fixture DIR bare       an empty cache no program recorded a max_size in
 //
 // Entries are written through the lmdb backend with fixed created and
 // expires times, so two runs write the same bytes and the command's output
-// can be compared with files.
+// can be compared with files. The backends open the cache with a max_size
+// of kMaxSize, which the store records and `dogpile stats` shows.
 #include <cereal/types/map.hpp>
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
@@ -23,6 +25,7 @@
 #include "dogpile/command_cache.h"
 #include "dogpile/dogpile.h"
 #include "dogpile/lmdb_backend.h"
+#include "dogpile/store.h"
 
 namespace golden {
 
@@ -56,10 +59,14 @@ constexpr std::int64_t kT0Ns = 1714564800LL * 1'000'000'000LL;
 constexpr std::int64_t kPastNs = 978307200LL * 1'000'000'000LL;
 constexpr std::int64_t kFutureNs = 4102444800LL * 1'000'000'000LL;
 
+// Not the lmdb default, so that stats shows the store's record, never a default.
+constexpr std::uint64_t kMaxSize = std::uint64_t{256} << 20;
+
 std::unique_ptr<dogpile::Backend> open_region(const std::string& dir, const std::string& region) {
   dogpile::LmdbOptions options;
   options.path = dir;
   options.region = region;
+  options.max_size = kMaxSize;
   return dogpile::open_lmdb_backend(options);
 }
 
@@ -188,7 +195,7 @@ void bulk(const std::string& dir, long count) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string usage = "usage: cli_golden_fixture DIR populate|corrupt|bulk N\n";
+  const std::string usage = "usage: cli_golden_fixture DIR populate|corrupt|bulk N|bare\n";
   if (argc < 3) {
     std::fputs(usage.c_str(), stderr);
     return 2;
@@ -202,6 +209,8 @@ int main(int argc, char** argv) {
       corrupt(dir);
     } else if (mode == "bulk" && argc == 4) {
       bulk(dir, std::atol(argv[3]));
+    } else if (mode == "bare" && argc == 3) {
+      dogpile::Store::open(dogpile::StoreOptions{.path = dir, .must_exist = false});
     } else {
       std::fputs(usage.c_str(), stderr);
       return 2;

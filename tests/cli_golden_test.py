@@ -47,12 +47,18 @@ SETTINGS = {"value": {"name": 'nightly "report"', "retries": 3, "ratio": 0.25,
                        "tags": ["a", "b/c", "ünï"],
                        "limits": [{"key": "cpu", "value": 4}, {"key": "memory_mb", "value": 512}]}}
 
-# (case, cache, commands). A cache is "clean" (the fixture's populate) or
-# "corrupt" (populate + corrupt), copied fresh for every case; "missing" is a
-# path that does not exist, "empty" an empty directory. Each command gets
+# (case, cache, commands). A cache is "clean" (the fixture's populate),
+# "corrupt" (populate + corrupt) or "bare" (an empty cache that no program
+# recorded a max_size in), copied fresh for every case; "missing" is a path
+# that does not exist, "empty" an empty directory. Each command gets
 # --dir (unless it has one) and, in the .json variant, --json.
 CASES = [
     ("stats", "clean", [["stats"]]),
+    ("stats_bare", "bare", [["stats"]]),
+    ("stats_zero", "clean", [["stats", "--zero", "--region", "users"], ["stats"],
+                             ["stats", "--zero"], ["stats"],
+                             ["stats", "--zero", "--region", "nosuch"],
+                             ["stats", "--region", "users"], ["stats", "--zero", "--region", ""]]),
     ("ls", "clean", [["ls"]]),
     ("ls_region_prefix_limit", "clean", [["ls", "users", "--prefix", "user:", "--limit", "1"]]),
     ("ls_prefix", "clean", [["ls", "--prefix", "settings"]]),
@@ -88,6 +94,12 @@ CASES = [
                             ["ls", "users"]]),
     ("purge", "clean", [["purge"], ["ls", "--prefix", "expired"], ["ls", "users"],
                         ["purge"]]),
+    # The fixture's entries were created on 2024-05-01: none a century ago, all a day ago.
+    ("purge_older_than", "clean", [["purge", "--older-than", "36500d"], ["ls", "users"],
+                                   ["purge", "--older-than", "1d"], ["ls"],
+                                   ["purge", "--older-than", "soon"],
+                                   ["purge", "--older-than", "0s"],
+                                   ["purge", "--older-than", ""]]),
     ("clear_region", "clean", [["clear", "users"], ["ls", "users"], ["stats"]]),
     ("clear_all", "clean", [["clear", "--all"], ["ls"]]),
     ("clear_needs_region_or_all", "clean", [["clear"], ["ls", "users"]]),
@@ -115,12 +127,14 @@ CASES = [
     ("usage", "clean", [["get"], ["ls", "--limit", "many"], ["invalidate"], ["nosuch"]]),
 ]
 
-# Volatile values: what LMDB reports about its map, file and reader table.
+# Volatile values: what LMDB reports about its map, file, pages and reader table.
 NORMALISE = [
-    (re.compile(r"^((?:map|used|data file)\s+)\S+ \S+$", re.M), r"\1<SIZE>"),
+    (re.compile(r"^((?:map|data file)\s+)\S+ \S+$", re.M), r"\1<SIZE>"),
+    (re.compile(r"^((?:used|free)\s+)\S+ \S+ \(\d+ pages?\)$", re.M), r"\1<SIZE> (<N> pages)"),
     (re.compile(r"^(readers\s+)\d+ of (\d+)$", re.M), r"\1<N> of \2"),
-    (re.compile(r'^(\s*"(?:map_size|file_size|used_bytes|readers_used|source_file_size|'
-                r'dest_file_size)": )\d+', re.M), r"\1<N>"),
+    (re.compile(r'^(\s*"(?:map_size|file_size|page_size|used_pages|free_pages|used_bytes|'
+                r'free_bytes|readers_used|source_file_size|dest_file_size)": )\d+', re.M),
+     r"\1<N>"),
     (re.compile(r"(: data\.mdb )\S+ \S+ \(the original: \S+ \S+\)"),
      r"\1<SIZE> (the original: <SIZE>)"),
     # Invalidation stamps continue a sequence that starts at the real clock.
@@ -210,7 +224,8 @@ def check_json_results(case, results):
 
 def run_cases(binary, golden_dir, fixture_bin, tmp, update):
     bases = {}
-    for name, steps in (("clean", ["populate"]), ("corrupt", ["populate", "corrupt"])):
+    for name, steps in (("clean", ["populate"]), ("corrupt", ["populate", "corrupt"]),
+                        ("bare", ["bare"])):
         path = os.path.join(tmp, "base-" + name)
         for step in steps:
             fixture(fixture_bin, path, step)
@@ -354,6 +369,37 @@ def check_values(binary, fixture_bin, tmp):
     check("XDG_CACHE_HOME/dogpile is the default next, and a missing one is exit 3 naming it",
           r.returncode == 3 and os.path.join(xdg, "dogpile") in text(r.stderr) and
           not os.path.exists(os.path.join(xdg, "dogpile")), text(r.stderr))
+
+    # Pages: in use and free add up to no more than the data file; removing
+    # entries moves pages from one to the other.
+    def pages(label):
+        r = run(binary, ["stats", "--json"] + d)
+        doc = json.loads(r.stdout) if r.returncode == 0 else {}
+        fields = ("page_size", "used_pages", "free_pages", "used_bytes", "free_bytes")
+        if not check("stats --json %s: page counts are numbers" % label,
+                     all(isinstance(doc.get(f), int) for f in fields), text(r.stdout)):
+            return None
+        check("stats --json %s: bytes are pages times the page size" % label,
+              doc["used_bytes"] == doc["used_pages"] * doc["page_size"] and
+              doc["free_bytes"] == doc["free_pages"] * doc["page_size"], str(doc))
+        check("stats --json %s: used and free pages fit in the data file" % label,
+              (doc["used_pages"] + doc["free_pages"]) * doc["page_size"] <= doc["file_size"],
+              str(doc))
+        return doc
+
+    before = pages("before clear")
+    run(binary, ["clear", "--all"] + d)
+    after = pages("after clear")
+    if before and after:
+        check("clear moves pages from used to free",
+              after["used_pages"] < before["used_pages"] and
+              after["free_pages"] > before["free_pages"], "%s\n%s" % (before, after))
+        r = run(binary, ["stats"] + d)
+        check("stats shows used and free pages",
+              re.search(r"^used +\S+ \S+ \(%d pages?\)$" % after["used_pages"], text(r.stdout),
+                        re.M) is not None and
+              re.search(r"^free +\S+ \S+ \(%d pages?\)$" % after["free_pages"], text(r.stdout),
+                        re.M) is not None, text(r.stdout))
 
 
 def run_on_terminal(binary, args):

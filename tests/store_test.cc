@@ -149,6 +149,18 @@ unsigned mode_of(const std::string& path) {
   return st.st_mode & 07777;
 }
 
+// `call` on region `region`, which the store lacks: a StoreError (ENOENT)
+// naming it.
+void check_no_region(const std::function<void()>& call, const std::string& region) {
+  try {
+    call();
+    FAIL("no error for the unknown region " + region);
+  } catch (const StoreError& e) {
+    CHECK(e.sys_errno() == ENOENT);
+    CHECK(std::string(e.what()).find("'" + region + "'") != std::string::npos);
+  }
+}
+
 int run_child(const std::function<int()>& body) {
   StartGate gate;
   const auto pids = spawn(1, gate, [&](int) { return body(); });
@@ -233,6 +245,82 @@ TEST_CASE("stats counts entries and bytes per region, and totals", "[store]") {
   CHECK(stats.readers_used <= stats.max_readers);
 }
 
+// Pages in use in `dir` counted another way than Store does: the two meta
+// pages and every tree's pages, the free list's own tree included.
+std::uint64_t pages_in_trees(const std::string& dir, std::string_view region) {
+  auto env = env_of(dir);
+  const internal::RegionRef ref = region_ref(*env, region);
+  internal::ReadTxn txn;
+  throw_if_error(env->begin_read(txn));
+  const internal::StoreDbs& dbs = env->store_dbs();
+  std::uint64_t pages = 2;
+  for (const MDB_dbi dbi : {MDB_dbi{0}, MDB_dbi{1}, dbs.meta, dbs.written, dbs.expiry, ref.dbi}) {
+    MDB_stat st{};
+    REQUIRE(mdb_stat(txn.get(), dbi, &st) == MDB_SUCCESS);
+    pages += st.ms_branch_pages + st.ms_leaf_pages + st.ms_overflow_pages;
+  }
+  return pages;
+}
+
+TEST_CASE("stats counts the pages in use and those on LMDB's free list", "[store]") {
+  TempDir dir;
+  {
+    Writer w(dir.path(), "r");
+    // Each value fills an overflow page of its own.
+    for (int i = 0; i < 300; ++i) w.put(str_cat("k", i), std::string(3000, 'v'));
+  }
+  Store store = open_store(dir.path());
+  const StoreStats full = store.stats();
+  CHECK(full.page_size == static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE)));
+  CHECK(full.used_bytes == full.used_pages * full.page_size);
+  CHECK(full.free_bytes == full.free_pages * full.page_size);
+  CHECK(full.used_pages == pages_in_trees(dir.path(), "r"));
+  CHECK(full.used_pages >= 300);
+  CHECK((full.used_pages + full.free_pages) * full.page_size <= full.file_size);
+
+  // The pages of removed entries go on the free list; the file keeps its size.
+  CHECK(store.clear("r") == 300);
+  const StoreStats cleared = store.stats();
+  CHECK(cleared.used_pages == pages_in_trees(dir.path(), "r"));
+  CHECK(cleared.used_pages + 290 <= full.used_pages);
+  CHECK(cleared.free_pages >= full.free_pages + 290);
+  CHECK(cleared.used_pages + cleared.free_pages >= full.used_pages + full.free_pages);
+  CHECK(cleared.file_size == full.file_size);
+}
+
+TEST_CASE("stats shows the max_size the last program to open the cache recorded",
+          "[store][fork]") {
+  TempDir dir;
+  constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+  const std::optional<std::uint64_t> not_recorded;
+  // A store opens with a max_size of its own, which it does not record.
+  Store store = Store::open(StoreOptions{.path = dir.path(), .must_exist = false});
+  CHECK(store.stats().max_size == not_recorded);
+
+  const auto open_in_child = [&](std::uint64_t max_size, bool read_only) {
+    return run_child([&] {
+      auto backend = open_lmdb_backend(LmdbOptions{
+          .path = dir.path(), .region = "r", .max_size = max_size, .read_only = read_only});
+      return 0;
+    });
+  };
+  REQUIRE(open_in_child(64 * kMiB, false) == 0);
+  CHECK(store.stats().max_size == 64 * kMiB);
+  CHECK(open_store(dir.path()).stats().max_size == 64 * kMiB);
+  // A later program with another max_size replaces it; a read-only one
+  // records nothing.
+  REQUIRE(open_in_child(3 * kMiB, false) == 0);
+  CHECK(store.stats().max_size == 3 * kMiB);
+  REQUIRE(open_in_child(512 * kMiB, true) == 0);
+  CHECK(store.stats().max_size == 3 * kMiB);
+
+  // In this process the store opened the directory first, so a backend here
+  // grows the map to the store's max_size, and records that.
+  auto backend = open_lmdb_backend(
+      LmdbOptions{.path = dir.path(), .region = "here", .max_size = 8 * kMiB});
+  CHECK(store.stats().max_size == StoreOptions{}.max_size);
+}
+
 TEST_CASE("stats reads usage counters written in another process", "[store][fork]") {
   TempDir dir;
   Writer(dir.path(), "counted").put("seed", "x");
@@ -284,10 +372,62 @@ TEST_CASE("stats reads the counters of a region in another process", "[store][fo
   CHECK(stats.regions[0].entries == 2);
   const UsageCounters& c = stats.regions[0].counters;
   CHECK(c.hits == 4);
-  CHECK(c.misses >= 4);  // three gets and get_or_create's reads
+  CHECK(c.misses == 4);  // three gets, and the get_or_create that created
   CHECK(c.creations == 1);
   CHECK(c.corruptions == 0);
   CHECK(stats.total.counters == c);
+}
+
+TEST_CASE("zero_stats resets counters while another process adds to them", "[store][fork]") {
+  TempDir dir;
+  open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "calm"})
+      ->add_usage(UsageCounters{.hits = 7, .evictions = 2});
+  open_lmdb_backend(LmdbOptions{.path = dir.path(), .region = "busy"});
+  Store store = open_store(dir.path());
+
+  // One region: the other keeps its counters.
+  const ZeroReport calm = store.zero_stats("calm");
+  CHECK(calm.regions == 1);
+  CHECK(calm.counters == UsageCounters{.hits = 7, .evictions = 2});
+  CHECK(store.stats().total.counters.empty());
+  CHECK(store.zero_stats("calm").regions == 0);
+  check_no_region([&] { store.zero_stats("nosuch"); }, "nosuch");
+
+  // Every region, again and again, while a child adds one at a time until
+  // told to stop.
+  const std::string stop = dir / "stop";
+  const std::string log = dir / "log";
+  StartGate gate;
+  const std::vector<pid_t> pids = spawn(1, gate, [&](int) {
+    auto busy = open_lmdb_backend(
+        LmdbOptions{.path = dir.path(), .region = "busy", .durability = Durability::kNoSync});
+    std::uint64_t adds = 0;
+    for (; !std::filesystem::exists(stop); ++adds) {
+      busy->add_usage(UsageCounters{.hits = 1, .misses = 2});
+    }
+    log_line(log, "adds " + std::to_string(adds));
+    return 0;
+  });
+  gate.open_gate();
+  constexpr int kResets = 200;
+  UsageCounters removed;
+  for (int i = 0; i < kResets; ++i) {
+    // Something to reset first: the child is adding.
+    while (store.stats().total.counters.empty()) std::this_thread::sleep_for(1ms);
+    const ZeroReport report = store.zero_stats();
+    CHECK(report.regions == 1);
+    removed += report.counters;
+  }
+  std::ofstream(stop).put('\n');
+  REQUIRE(reap(pids) == 0);
+  const std::vector<std::string> lines = read_lines(log);
+  REQUIRE(lines.size() == 1);
+  const std::uint64_t adds = std::stoull(lines[0].substr(5));
+  // What was reset and what came after: every addition, exactly once.
+  UsageCounters all = removed;
+  all += store.stats().total.counters;
+  CHECK(all == UsageCounters{.hits = adds, .misses = 2 * adds});
+  CHECK(removed.hits >= kResets);
 }
 
 TEST_CASE("list walks regions in order, by prefix and limit", "[store]") {
@@ -467,6 +607,68 @@ TEST_CASE("purge removes only expired entries, in batches, with progress", "[sto
   CHECK(store.purge().removed == 0);
 }
 
+TEST_CASE("purge older_than also removes entries created longer ago, by the store's clock",
+          "[store]") {
+  TempDir dir;
+  auto clock = std::make_shared<FakeClock>();
+  {
+    Region r({.name = "r", .clock = clock}, "lmdb", {{"path", dir.path()}});
+    Region s({.name = "s", .clock = clock}, "lmdb", {{"path", dir.path()}});
+    r.set<std::string>("old", "x");
+    r.set<std::string>("old-expires-later", "x", {.ttl = 48h});
+    s.set<std::string>("old", "x");
+    clock->advance(2h);
+    r.set<std::string>("mid", "x");
+    clock->advance(1h);
+    r.set<std::string>("expired", "x", {.ttl = 10min});
+    clock->advance(1h);
+    r.set<std::string>("new", "x");
+  }
+  Writer(dir.path(), "r").put_raw("not-an-envelope", std::string(80, 'z'));
+
+  Store store = Store::open(StoreOptions{.path = dir.path(), .clock = clock});
+  CHECK_THROWS_AS(store.purge(PurgeOptions{.older_than = 0s}), ConfigError);
+  CHECK_THROWS_AS(store.purge(PurgeOptions{.older_than = -1s}), ConfigError);
+
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> calls;
+  // Four hours after the first writes: three hours is older than the first three.
+  const PurgeReport report = store.purge(
+      PurgeOptions{.older_than = 3h, .batch = 2},
+      [&](std::uint64_t done, std::uint64_t total) { calls.emplace_back(done, total); });
+  CHECK(report.removed == 1);  // "expired", by its ttl
+  CHECK(report.scanned == 2);
+  CHECK(report.removed_older == 3);
+  CHECK(report.examined == 6);  // what the expired ones left of the write index
+  std::set<std::string> left;
+  for (const EntryInfo& e : store.list()) left.insert(e.region + "/" + e.key);
+  CHECK(left == std::set<std::string>{"r/mid", "r/new", "r/not-an-envelope"});
+  // The expiry index (2), then the write index (7) in batches of 2.
+  REQUIRE_FALSE(calls.empty());
+  CHECK(calls.back() == std::pair<std::uint64_t, std::uint64_t>{9, 9});
+  for (std::size_t i = 1; i < calls.size(); ++i) CHECK(calls[i].first >= calls[i - 1].first);
+  CHECK(calls.size() >= 4);
+  // Removals for age are no usage of the regions'.
+  const StoreStats stats = store.stats();
+  CHECK(stats.total.counters == UsageCounters{.expired_purged = 1});
+  // The indexes lost what the entries lost; the bytes that are no envelope stay.
+  const VerifyReport verified = store.verify();
+  INFO(describe(verified));
+  REQUIRE(verified.problems.size() == 1);
+  CHECK(verified.problems[0].key == "not-an-envelope");
+  CHECK(verified.index_entries == 3);
+
+  // The same age again: nothing is left that old.
+  const PurgeReport again = store.purge(PurgeOptions{.older_than = 3h});
+  CHECK(again.removed_older == 0);
+  CHECK(again.examined == 3);
+  // Without older_than, only expired entries go, and nothing is looked at for its age.
+  clock->advance(24h);
+  const PurgeReport plain = store.purge();
+  CHECK(plain.removed == 0);
+  CHECK(plain.examined == 0);
+  CHECK(store.list().size() == 3);
+}
+
 TEST_CASE("clear empties one region or all of them", "[store]") {
   TempDir dir;
   {
@@ -491,13 +693,7 @@ TEST_CASE("clear empties one region or all of them", "[store]") {
   CHECK(store.list().size() == 3);
   CHECK(store.verify().ok());
 
-  try {
-    store.clear("nope");
-    FAIL("cleared an unknown region");
-  } catch (const StoreError& e) {
-    CHECK(e.sys_errno() == ENOENT);
-    CHECK(std::string(e.what()).find("'nope'") != std::string::npos);
-  }
+  check_no_region([&] { store.clear("nope"); }, "nope");
 
   CHECK(store.clear() == 3);
   CHECK(store.list().empty());

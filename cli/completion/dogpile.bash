@@ -17,7 +17,9 @@ _dogpile_options() {
   local common='-h --help --dir --json'
   case $1 in
     '') echo '-h --help --version' ;;
-    stats | purge | verify | compact) echo "$common" ;;
+    verify | compact) echo "$common" ;;
+    stats) echo "$common --zero --region" ;;
+    purge) echo "$common --older-than" ;;
     ls) echo "$common --prefix --limit" ;;
     get) echo "$common --region --raw" ;;
     rm) echo "$common --region" ;;
@@ -35,7 +37,7 @@ _dogpile_options() {
 _dogpile_takes_value() {
   case $1 in
     --dir | --prefix | --limit | --region | --ttl | --stale | --env | --modtime | --scope | \
-      --max-output | --max-input | --workers | --keys | --create-ms) return 0 ;;
+      --max-output | --max-input | --older-than | --workers | --keys | --create-ms) return 0 ;;
   esac
   return 1
 }

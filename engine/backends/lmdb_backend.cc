@@ -351,6 +351,15 @@ class LmdbBackend final : public Backend, public InPlaceReader {
 
   explicit LmdbBackend(LmdbOptions options) : options_(std::move(options)) {}
 
+  // Records the max_size this process's environment grows to, for Store
+  // stats to show as the cache's own (docs/format.md, _meta "max_size"). A
+  // write transaction that finds it recorded commits nothing; a read
+  // transaction would keep a reader slot in the pool from the open on.
+  static Status note_max_size(LmdbEnv& env) {
+    return env.write(
+        [&](MDB_txn* txn) { return record_max_size(txn, env.store_dbs(), env.max_size()); }, 0);
+  }
+
   // binding() for a write: kReadOnly when this backend or its environment
   // is read-only.
   Status writable_binding(const Binding*& out) {
@@ -420,8 +429,9 @@ class LmdbBackend final : public Backend, public InPlaceReader {
       if (Status s = fresh->env->find_region(options_.region, found); !s) return s;
       fresh->has_region = found.has_value();
       if (found) fresh->region = std::move(*found);
-    } else if (Status s = fresh->env->open_region(options_.region, fresh->region); !s) {
-      return s;
+    } else {
+      if (Status s = fresh->env->open_region(options_.region, fresh->region); !s) return s;
+      if (Status s = note_max_size(*fresh->env); !s) return s;
     }
     out = fresh.get();
     // Older bindings stay alive: another thread may still be reading one

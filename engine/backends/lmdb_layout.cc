@@ -17,6 +17,7 @@ static_assert(kMaxInlineKeySize + 1 <= 511, "a tagged inline key must fit LMDB's
 constexpr std::string_view kSeqKey = "seq";
 constexpr std::string_view kStatsPrefix = "stats:";
 constexpr std::string_view kExpirationPrefix = "rexp:";
+constexpr std::string_view kMaxSizeKey = "max_size";
 constexpr std::size_t kUsageCounterCount = 8;
 
 // ---- byte helpers ----
@@ -211,7 +212,9 @@ Status add_all_usage(MDB_txn* txn, const StoreDbs& dbs, const UsageByRegion& usa
   return Status::ok();
 }
 
-enum class Removal { kExpired, kEvicted };
+// Why an entry goes, and so which usage counter counts it: expired_purged,
+// evictions, or none (an operator's purge by age).
+enum class Removal { kExpired, kEvicted, kAged };
 
 // Follows the index entry `index_key` of `index_dbi` (value `value`, write
 // sequence `seq`) and removes the entry it names with all its index entries.
@@ -246,8 +249,8 @@ Status remove_indexed(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, MDB_dbi i
       }
       const int del = mdb_del(txn, region->dbi, &k, nullptr);
       if (del != MDB_SUCCESS) return txn_status(txn, del, "cannot remove an entry");
-      UsageCounters& counters = usage[region->name];
-      ++(why == Removal::kExpired ? counters.expired_purged : counters.evictions);
+      if (why == Removal::kExpired) ++usage[region->name].expired_purged;
+      if (why == Removal::kEvicted) ++usage[region->name].evictions;
       return Status::ok();
     }
   }
@@ -338,6 +341,99 @@ Status read_region_expirations(MDB_txn* txn, const StoreDbs& dbs,
   return Status::ok();
 }
 
+// One entry of _written, as walk_written hands it out.
+struct WrittenEntry {
+  std::string_view key{};             // the index entry, as stored
+  std::string_view value{};
+  std::uint64_t seq = 0;              // 0 when the key is malformed
+  const RegionRef* region = nullptr;  // the region it names, when the store has it
+  std::string_view stored_key{};      // the entry it names in `region`
+};
+
+// Calls `visit` (bool(const WrittenEntry&): false stops) for the entries
+// of _written in write order, from the first whose key is at least `start`
+// (empty: from the first). The views die with the transaction's next change.
+template <class Visit>
+Status walk_written(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::string_view start,
+                    Visit&& visit) {
+  std::map<std::uint32_t, std::optional<RegionRef>> regions;  // by id, looked up once
+  Cursor cursor;
+  if (Status s = cursor.open(txn, dbs.written); !s) return s;
+  MDB_val key = as_val(start);
+  MDB_val value{};
+  int rc = mdb_cursor_get(cursor.get(), &key, &value, start.empty() ? MDB_FIRST : MDB_SET_RANGE);
+  for (; rc == MDB_SUCCESS; rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+    WrittenEntry entry{as_view(key), as_view(value)};
+    IndexTarget target;
+    if (split_written_key(entry.key, entry.seq) && split_index_value(entry.value, target)) {
+      auto [it, inserted] = regions.try_emplace(target.region_id);
+      if (inserted) {
+        if (Status s = env.region_by_id(txn, target.region_id, it->second); !s) return s;
+      }
+      if (it->second) {
+        entry.region = &*it->second;
+        entry.stored_key = target.stored_key;
+      }
+    }
+    if (!visit(entry)) return Status::ok();
+  }
+  if (rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read an index");
+  return Status::ok();
+}
+
+// created_at of the entry `entry` names, and its record's size, when the
+// record is an envelope written with the entry's write sequence.
+std::optional<std::int64_t> created_at_of(MDB_txn* txn, const WrittenEntry& entry,
+                                          std::uint64_t& record_bytes) {
+  if (entry.region == nullptr) return std::nullopt;
+  MDB_val k = as_val(entry.stored_key);
+  MDB_val record{};
+  if (mdb_get(txn, entry.region->dbi, &k, &record) != MDB_SUCCESS) return std::nullopt;
+  EntryHeader header;
+  std::string_view envelope;
+  if (!split_entry(as_view(record), header, envelope) || header.seq != entry.seq) {
+    return std::nullopt;
+  }
+  record_bytes = record.mv_size;
+  return peek_envelope_created_at(envelope);
+}
+
+// An entry to remove, by its _written index entry: found first, removed
+// after, since removals change the index being walked.
+struct Found {
+  std::string key;
+  std::string value;
+  std::uint64_t seq;
+};
+
+// Removes the entries `found` names while `keep_going` allows and `steps`
+// stays below `max_steps` (then out.more is set).
+template <class KeepGoing>
+Status remove_found(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs,
+                    const std::vector<Found>& found, std::uint64_t max_steps,
+                    std::uint64_t& steps, KeepGoing keep_going, Removal why,
+                    UsageByRegion& usage, RemovalStep& out) {
+  for (const Found& f : found) {
+    if (!keep_going()) break;
+    if (steps >= max_steps) {
+      out.more = true;
+      break;
+    }
+    ++steps;
+    std::uint64_t bytes = 0;
+    if (Status s = remove_indexed(env, txn, dbs, dbs.written, f.key, f.value, f.seq, why, usage,
+                                  bytes);
+        !s) {
+      return s;
+    }
+    if (bytes != 0) {
+      ++out.removed;
+      out.bytes += bytes;
+    }
+  }
+  return Status::ok();
+}
+
 // Removes entries (in write order) whose region expiration has passed
 // since their envelope's created_at: stale by their region, though in no
 // expiry index. A scan of _written, made only when eviction is short of
@@ -351,67 +447,23 @@ Status remove_region_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs,
   std::map<std::string, std::int64_t, std::less<>> expirations;
   if (Status s = read_region_expirations(txn, dbs, expirations); !s) return s;
   if (expirations.empty()) return Status::ok();
-  // Found first, removed after: removals change the index being walked.
-  struct Found {
-    std::string key;
-    std::string value;
-    std::uint64_t seq;
-  };
   std::vector<Found> found;
-  {
-    std::map<std::uint32_t, std::optional<RegionRef>> regions;  // by id, looked up once
-    std::uint64_t bytes = 0;
-    Cursor cursor;
-    if (Status s = cursor.open(txn, dbs.written); !s) return s;
-    MDB_val key{};
-    MDB_val value{};
-    int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_FIRST);
-    for (; rc == MDB_SUCCESS && steps + found.size() < max_steps && bytes < wanted;
-         rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
-      IndexTarget target;
-      std::uint64_t seq = 0;
-      if (!split_written_key(as_view(key), seq) || !split_index_value(as_view(value), target)) {
-        continue;
-      }
-      auto [it, inserted] = regions.try_emplace(target.region_id);
-      if (inserted) {
-        if (Status s = env.region_by_id(txn, target.region_id, it->second); !s) return s;
-      }
-      if (!it->second) continue;
-      const auto expiration = expirations.find(it->second->name);
-      if (expiration == expirations.end()) continue;
-      MDB_val k = as_val(target.stored_key);
-      MDB_val record{};
-      if (mdb_get(txn, it->second->dbi, &k, &record) != MDB_SUCCESS) continue;
-      EntryHeader header;
-      std::string_view envelope;
-      if (!split_entry(as_view(record), header, envelope) || header.seq != seq) continue;
-      const std::optional<std::int64_t> created = peek_envelope_created_at(envelope);
-      if (!created || saturating_add(*created, expiration->second) > now_ns) continue;
-      found.push_back({std::string(as_view(key)), std::string(as_view(value)), seq});
-      bytes += record.mv_size;
-    }
-    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read an index");
-  }
-  for (const Found& f : found) {
-    if (!keep_going()) break;
-    if (steps >= max_steps) {
-      out.more = true;
-      break;
-    }
-    ++steps;
-    std::uint64_t bytes = 0;
-    if (Status s = remove_indexed(env, txn, dbs, dbs.written, f.key, f.value, f.seq,
-                                  Removal::kExpired, usage, bytes);
-        !s) {
-      return s;
-    }
-    if (bytes != 0) {
-      ++out.removed;
-      out.bytes += bytes;
-    }
-  }
-  return Status::ok();
+  std::uint64_t bytes = 0;
+  const Status walked = walk_written(env, txn, dbs, {}, [&](const WrittenEntry& entry) {
+    if (steps + found.size() >= max_steps || bytes >= wanted) return false;
+    if (entry.region == nullptr) return true;
+    const auto expiration = expirations.find(entry.region->name);
+    if (expiration == expirations.end()) return true;
+    std::uint64_t record_bytes = 0;
+    const std::optional<std::int64_t> created = created_at_of(txn, entry, record_bytes);
+    if (!created || saturating_add(*created, expiration->second) > now_ns) return true;
+    found.push_back({std::string(entry.key), std::string(entry.value), entry.seq});
+    bytes += record_bytes;
+    return true;
+  });
+  if (!walked) return walked;
+  return remove_found(env, txn, dbs, found, max_steps, steps, keep_going, Removal::kExpired,
+                      usage, out);
 }
 
 }  // namespace
@@ -645,6 +697,39 @@ Status purge_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64
   return add_all_usage(txn, dbs, usage);
 }
 
+Status purge_created_before(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs,
+                            std::int64_t created_before_ns, std::uint64_t last_seq,
+                            std::uint64_t limit, std::string& resume, std::uint64_t& examined,
+                            RemovalStep& out) {
+  out = RemovalStep{};
+  std::vector<Found> found;
+  std::uint64_t looked = 0;
+  const Status walked = walk_written(env, txn, dbs, resume, [&](const WrittenEntry& entry) {
+    if (entry.seq > last_seq) return false;  // written since the purge began
+    if (looked == limit) {
+      out.more = true;
+      return false;
+    }
+    ++looked;
+    // The smallest key after this one.
+    resume.assign(entry.key);
+    resume += '\0';
+    std::uint64_t record_bytes = 0;
+    const std::optional<std::int64_t> created = created_at_of(txn, entry, record_bytes);
+    if (created && *created < created_before_ns) {
+      found.push_back({std::string(entry.key), std::string(entry.value), entry.seq});
+    }
+    return true;
+  });
+  if (!walked) return walked;
+  examined += looked;
+  // An operator's choice, not the regions' doing: no usage counter counts it.
+  UsageByRegion usage;
+  std::uint64_t steps = 0;
+  return remove_found(env, txn, dbs, found, found.size(), steps, [] { return true; },
+                      Removal::kAged, usage, out);
+}
+
 Status evict(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
              std::uint64_t bytes_to_free, RemovalStep& out) {
   return evict(env, txn, dbs, now_ns, bytes_to_free, std::numeric_limits<std::uint64_t>::max(),
@@ -771,6 +856,41 @@ Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, Us
   return Status::ok();
 }
 
+Status reset_usage(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::string_view> region,
+                   UsageCounters& removed, std::uint64_t& records) {
+  // Found first, removed after: deleting moves the cursor.
+  std::vector<std::string> keys;
+  if (region) {
+    keys.push_back(stats_key(*region));
+  } else {
+    Cursor cursor;
+    if (Status s = cursor.open(txn, dbs.meta); !s) return s;
+    MDB_val key = as_val(kStatsPrefix);
+    MDB_val value{};
+    int rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_SET_RANGE);
+    for (; rc == MDB_SUCCESS && as_view(key).substr(0, kStatsPrefix.size()) == kStatsPrefix;
+         rc = mdb_cursor_get(cursor.get(), &key, &value, MDB_NEXT)) {
+      keys.emplace_back(as_view(key));
+    }
+    if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return txn_status(txn, rc, "cannot read _meta");
+  }
+  for (const std::string& key_bytes : keys) {
+    MDB_val key = as_val(key_bytes);
+    MDB_val value{};
+    const int rc = mdb_get(txn, dbs.meta, &key, &value);
+    if (rc == MDB_NOTFOUND) continue;
+    if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read usage counters");
+    UsageCounters counters;
+    counters_from(as_view(value), counters);
+    if (Status s = del_if_present(txn, dbs.meta, key_bytes, "cannot reset usage counters"); !s) {
+      return s;
+    }
+    removed += counters;
+    ++records;
+  }
+  return Status::ok();
+}
+
 Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                                   std::optional<std::int64_t> expiration_ns, bool& recorded) {
   std::string key(kExpirationPrefix);
@@ -836,6 +956,33 @@ Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
   MDB_val value = as_val(record);
   const int put = mdb_put(txn, dbs.meta, &key, &value, 0);
   return put == MDB_SUCCESS ? Status::ok() : txn_status(txn, put, "cannot write usage counters");
+}
+
+// ---- the store's max_size ----
+
+Status read_max_size(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::uint64_t>& out) {
+  out.reset();
+  MDB_val key = as_val(kMaxSizeKey);
+  MDB_val value{};
+  const int rc = mdb_get(txn, dbs.meta, &key, &value);
+  if (rc == MDB_NOTFOUND) return Status::ok();
+  if (rc != MDB_SUCCESS) return txn_status(txn, rc, "cannot read _meta");
+  if (value.mv_size == 8) out = get_le64(static_cast<const char*>(value.mv_data));
+  return Status::ok();
+}
+
+Status record_max_size(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t max_size) {
+  std::optional<std::uint64_t> recorded;
+  if (Status s = read_max_size(txn, dbs, recorded); !s) return s;
+  if (recorded == max_size) return Status::ok();
+  MDB_val key = as_val(kMaxSizeKey);
+  char bytes[8];
+  put_le64(bytes, max_size);
+  MDB_val value{sizeof bytes, bytes};
+  if (const int rc = mdb_put(txn, dbs.meta, &key, &value, 0); rc != MDB_SUCCESS) {
+    return txn_status(txn, rc, "cannot update _meta");
+  }
+  return Status::ok();
 }
 
 }  // namespace dogpile::internal

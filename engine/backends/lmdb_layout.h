@@ -4,7 +4,7 @@
 // record (16-byte entry header + envelope); two indexes over all regions,
 // "_written" (by write sequence) and "_expiry" (by expires_at), make each
 // eviction and purge step one B-tree lookup; "_meta" holds the layout
-// version, the write sequence, region ids and usage counters.
+// version, the write sequence, region ids, usage counters and max_size.
 //
 // Every function here works inside a transaction the caller owns and never
 // commits or aborts it. Functions taking a write transaction keep the
@@ -185,6 +185,18 @@ struct RemovalStep {
 Status purge_expired(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs, std::int64_t now_ns,
                      std::uint64_t limit, RemovalStep& out);
 
+// Looks at up to `limit` entries of _written in write order, from the key
+// `resume` on (empty: the first) and up to write sequence `last_seq`, and
+// removes those whose envelope says they were created before
+// `created_before_ns` (entries that are no envelope stay). `resume` is set
+// to where the next call goes on, `examined` adds the entries looked at,
+// and out.more says whether there are more. No usage counter counts these
+// removals.
+Status purge_created_before(LmdbEnv& env, MDB_txn* txn, const StoreDbs& dbs,
+                            std::int64_t created_before_ns, std::uint64_t last_seq,
+                            std::uint64_t limit, std::string& resume, std::uint64_t& examined,
+                            RemovalStep& out);
+
 // Eviction: expired entries first (by the expiry index, then by their
 // region's recorded expiration), then the least recently written, until
 // at least `bytes_to_free` record bytes are gone or nothing is left;
@@ -204,6 +216,10 @@ Status clear_region(MDB_txn* txn, const StoreDbs& dbs, const RegionRef& region,
 // ---- usage counters ----
 
 Status read_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region, UsageCounters& out);
+// Removes the usage counters of `region`, or of every region, adding what
+// they held to `removed` and the number of records removed to `records`.
+Status reset_usage(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::string_view> region,
+                   UsageCounters& removed, std::uint64_t& records);
 
 // ---- region expirations ----
 
@@ -217,5 +233,14 @@ Status region_expiration_recorded(MDB_txn* txn, const StoreDbs& dbs, std::string
                                   std::optional<std::int64_t> expiration_ns, bool& recorded);
 Status add_usage(MDB_txn* txn, const StoreDbs& dbs, std::string_view region,
                  const UsageCounters& delta);
+
+// ---- the store's max_size ----
+
+// The lmdb option max_size (bytes) last recorded by a backend that opened
+// the store: _meta "max_size", u64 LE. nullopt when there is none (or it is
+// not 8 bytes long).
+Status read_max_size(MDB_txn* txn, const StoreDbs& dbs, std::optional<std::uint64_t>& out);
+// Records `max_size`; writes nothing when the record already says so.
+Status record_max_size(MDB_txn* txn, const StoreDbs& dbs, std::uint64_t max_size);
 
 }  // namespace dogpile::internal

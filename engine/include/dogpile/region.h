@@ -64,11 +64,14 @@ template <class T>
 inline constexpr bool kIsReferenceWrapper<std::reference_wrapper<T>> = true;
 }  // namespace internal
 
-// Counters of one Region object since its construction.
+// Counters of one Region object since its construction. Every read (get,
+// get_value, get_or_create, each key of a multi call) counts once, as a hit,
+// a miss or stale_served, by what it returned: a get_or_create that waits for
+// another caller's creator and then returns its value is one hit.
 struct RegionStats {
-  std::uint64_t hits = 0;           // fresh values returned
-  std::uint64_t misses = 0;         // reads that found no usable entry
-  std::uint64_t stale_served = 0;   // stale values returned while another caller creates
+  std::uint64_t hits = 0;           // reads that returned a fresh stored value
+  std::uint64_t misses = 0;         // reads that returned no stored value (a created one, or none)
+  std::uint64_t stale_served = 0;   // reads that returned a stale stored value
   std::uint64_t creations = 0;      // creator calls that returned
   std::uint64_t corruptions = 0;    // entries failing magic, length, checksum or payload decode
   std::uint64_t mismatches = 0;     // entries of another type, schema, format version or key
@@ -210,6 +213,32 @@ class Region {
     std::atomic<std::uint64_t> hits{0}, misses{0}, stale_served{0}, creations{0},
         corruptions{0}, mismatches{0}, creation_failures{0}, lock_waits{0}, lock_wait_ns{0},
         lock_timeouts{0}, lock_errors{0}, store_errors{0};
+  };
+
+  // What one read (a call, or one key of a multi call) handed back. Each
+  // read counts once, when it ends: a wait for another creator followed by
+  // the value it stored is one hit, not a miss and a hit (docs/cli.md,
+  // `dogpile stats`, defines hit% on these counts).
+  enum class Answer {
+    kMiss,   // no stored value: the creator ran, or the call failed
+    kHit,    // a fresh stored value, found at once or after a wait
+    kStale,  // a stale stored value
+  };
+  // Counts `reads` reads answered `answer`.
+  void count_answer(Answer answer, std::uint64_t reads = 1) noexcept;
+  // Counts the answer of one get_or_create when the call ends, by return or
+  // by exception; until something else is settled it is a miss.
+  class AnswerScope {
+   public:
+    explicit AnswerScope(Region& region) noexcept : region_(region) {}
+    AnswerScope(const AnswerScope&) = delete;
+    AnswerScope& operator=(const AnswerScope&) = delete;
+    ~AnswerScope() { region_.count_answer(answer); }
+
+    Answer answer = Answer::kMiss;
+
+   private:
+    Region& region_;
   };
 
   // Publishes the counters when stats_interval has passed; constructed at
@@ -359,10 +388,11 @@ class Region {
   // slot is free the lock is let go while waiting for one and taken again
   // (then the key is read again). `stale` is served instead of a creator
   // exception when serve_stale_on_error is set, and when a slot or the key
-  // cannot be had in time.
+  // cannot be had in time. `answer` is set when the caller gets a stored
+  // value instead; a created one leaves it a miss.
   template <class T, class Creator>
   T create_and_store(std::string_view stored_key, Creator& creator, const CreateOptions<T>& call,
-                     std::optional<T> stale, CreationMutex* key_lock);
+                     std::optional<T> stale, CreationMutex* key_lock, Answer& answer);
   // Holds a slot (or learns none is needed) for a creation whose key lock,
   // when not null, is held; see create_and_store. Returns a value to hand
   // the caller instead of creating (a fresh value made meanwhile, or `stale`
@@ -370,14 +400,15 @@ class Region {
   template <class T>
   std::optional<T> enter_creation(std::string_view stored_key, const CreateOptions<T>& call,
                                   std::optional<T>& stale, CreationMutex* key_lock,
-                                  CreationSlot& slot);
+                                  CreationSlot& slot, Answer& answer);
   // After a wait for a key's lock ended with `locked` (rule L4): the fresh
   // value someone stored meanwhile, or `stale` when the wait ran out (or
   // LockTimeout, per on_lock_timeout); nullopt to go on and create. A failed
   // lock is counted and reported. `stale` takes the newest stale value read.
   template <class T>
   std::optional<T> after_key_wait(std::string_view stored_key, const Status& locked,
-                                  const GetOptions& call, std::optional<T>& stale);
+                                  const GetOptions& call, std::optional<T>& stale,
+                                  Answer& answer);
   // Marks this thread as running a creator for `stored_key` while alive.
   class CreatorScope {
    public:
@@ -589,7 +620,7 @@ void Region::set(std::string_view key, const T& value, const SetOptions& options
 template <class T>
 std::optional<T> Region::enter_creation(std::string_view stored_key, const CreateOptions<T>& call,
                                         std::optional<T>& stale, CreationMutex* key_lock,
-                                        CreationSlot& slot) {
+                                        CreationSlot& slot, Answer& answer) {
   if (!needs_creation_slot()) return std::nullopt;
   slot = try_creation_slot();
   if (slot) return std::nullopt;
@@ -598,25 +629,27 @@ std::optional<T> Region::enter_creation(std::string_view stored_key, const Creat
   if (key_lock != nullptr) key_lock->unlock();
   if (wait_for_creation_slot(stored_key, slot)) {
     if (stale) {
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      answer = Answer::kStale;
       return std::move(stale);  // the throttle is full: a stale value beats waiting longer
     }
     if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_slot_timeout(stored_key);
   }
   if (key_lock == nullptr) return std::nullopt;
-  return after_key_wait<T>(stored_key, wait_for_lock(*key_lock), call.read_options(), stale);
+  return after_key_wait<T>(stored_key, wait_for_lock(*key_lock), call.read_options(), stale,
+                           answer);
 }
 
 template <class T>
 std::optional<T> Region::after_key_wait(std::string_view stored_key, const Status& locked,
-                                        const GetOptions& call, std::optional<T>& stale) {
+                                        const GetOptions& call, std::optional<T>& stale,
+                                        Answer& answer) {
   if (locked.is_ok() || locked.code() == StatusCode::kTimedOut) {
     // Re-read after every acquisition (rule L4): whoever held the lock
     // before us has likely stored the value.
     std::optional<T> again;
     const State now = lookup<T>(stored_key, call, again);
     if (now == State::kFresh) {
-      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+      answer = Answer::kHit;
       return again;
     }
     if (now == State::kStale) stale = std::move(again);
@@ -624,7 +657,7 @@ std::optional<T> Region::after_key_wait(std::string_view stored_key, const Statu
   if (locked.code() == StatusCode::kTimedOut) {
     counters_.lock_timeouts.fetch_add(1, std::memory_order_relaxed);
     if (stale) {
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      answer = Answer::kStale;
       return std::move(stale);
     }
     if (options_.on_lock_timeout == LockTimeoutPolicy::kRaise) throw_lock_timeout(stored_key);
@@ -640,12 +673,13 @@ std::optional<T> Region::after_key_wait(std::string_view stored_key, const Statu
 template <class T, class Creator>
 T Region::create_and_store(std::string_view stored_key, Creator& creator,
                            const CreateOptions<T>& call, std::optional<T> stale,
-                           CreationMutex* key_lock) {
+                           CreationMutex* key_lock, Answer& answer) {
   std::optional<T> created;
   std::int64_t sequence = 0;
   {
     CreationSlot slot;
-    if (std::optional<T> instead = enter_creation<T>(stored_key, call, stale, key_lock, slot)) {
+    if (std::optional<T> instead =
+            enter_creation<T>(stored_key, call, stale, key_lock, slot, answer)) {
       return std::move(*instead);
     }
     // Before the creator reads anything: an invalidation from here on
@@ -659,13 +693,13 @@ T Region::create_and_store(std::string_view stored_key, Creator& creator,
       if (!options_.serve_stale_on_error || !stale) throw;
       report(LogLevel::kWarning, stored_key,
              std::string("creator failed, serving the stale value: ") + e.what());
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      answer = Answer::kStale;
       return *stale;
     } catch (...) {
       counters_.creation_failures.fetch_add(1, std::memory_order_relaxed);
       if (!options_.serve_stale_on_error || !stale) throw;
       report(LogLevel::kWarning, stored_key, "creator failed, serving the stale value");
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      answer = Answer::kStale;
       return *stale;
     }
   }
@@ -692,13 +726,14 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
   static_assert(std::is_convertible_v<std::invoke_result_t<Creator&>, T>,
                 "the creator must return a value convertible to T");
   OperationScope operation(*this);
+  AnswerScope count(*this);
   std::string storage;
   std::string_view stored_key = mangle(key, storage);
   const GetOptions call = options.read_options();
   std::optional<T> value;
   const State state = lookup<T>(stored_key, call, value);
   if (state == State::kFresh) {
-    counters_.hits.fetch_add(1, std::memory_order_relaxed);
+    count.answer = Answer::kHit;
     return std::move(*value);
   }
   // From here on the creator may run: the key is copied, so nothing the
@@ -718,7 +753,7 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
     locked = options_.wait_for_fresh ? wait_for_lock(*mutex) : mutex->try_lock();
     if (locked.is_ok() && options_.async_runner && !options_.wait_for_fresh) {
       regenerate_async<T>(stored_key, std::forward<Creator>(creator), options, std::move(mutex));
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      count.answer = Answer::kStale;
       return std::move(*stale);
     }
     if (!locked.is_ok() && locked.code() != StatusCode::kReentrant) {
@@ -730,19 +765,18 @@ T Region::get_or_create(std::string_view key, Creator&& creator, const CreateOpt
         counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
         report(LogLevel::kWarning, stored_key, "creation lock failed: " + locked.to_string());
       }
-      counters_.stale_served.fetch_add(1, std::memory_order_relaxed);
+      count.answer = Answer::kStale;
       return std::move(*stale);
     }
   } else {
-    counters_.misses.fetch_add(1, std::memory_order_relaxed);
     locked = wait_for_lock(*mutex);
   }
   if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
-  if (std::optional<T> instead = after_key_wait<T>(stored_key, locked, call, stale)) {
+  if (std::optional<T> instead = after_key_wait<T>(stored_key, locked, call, stale, count.answer)) {
     return std::move(*instead);
   }
   return create_and_store<T>(stored_key, creator, options, std::move(stale),
-                            locked.is_ok() ? mutex.get() : nullptr);
+                            locked.is_ok() ? mutex.get() : nullptr, count.answer);
 }
 
 template <RegisteredType T>
@@ -798,8 +832,19 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     std::unique_ptr<CreationMutex> mutex;  // released when the slots go, after the store
     bool timed_out = false;
     bool done = false;  // value settled without creating
+    Answer answer = Answer::kMiss;  // what its keys get; counted when the call ends
   };
   std::map<std::string_view, Slot> slots;
+  // Declared after `slots`, so it counts them before they go.
+  struct CountSlots {
+    Region& region;
+    const std::map<std::string_view, Slot>& slots;
+    ~CountSlots() {
+      for (const auto& [stored_key, slot] : slots) {
+        region.count_answer(slot.answer, slot.indices.size());
+      }
+    }
+  } count_slots{*this, slots};
   for (std::size_t i = 0; i < keys.size(); ++i) {
     if (states[i] == State::kFresh) {
       counters_.hits.fetch_add(1, std::memory_order_relaxed);
@@ -833,12 +878,11 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
           counters_.lock_errors.fetch_add(1, std::memory_order_relaxed);
           report(LogLevel::kWarning, key, "creation lock failed: " + locked.to_string());
         }
-        counters_.stale_served.fetch_add(slot.indices.size(), std::memory_order_relaxed);
+        slot.answer = Answer::kStale;
         slot.done = true;
       }
       continue;
     }
-    counters_.misses.fetch_add(slot.indices.size(), std::memory_order_relaxed);
     const Status locked = wait_for_lock(*slot.mutex);
     if (locked.is_ok()) continue;
     if (locked.code() == StatusCode::kReentrant) throw_if_error(locked);
@@ -868,6 +912,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
                         (slot.timed_out && reread_states[j] == State::kStale);
     if (usable) {
       for (std::size_t i : slot.indices) values[i] = reread[j];
+      slot.answer = reread_states[j] == State::kFresh ? Answer::kHit : Answer::kStale;
       slot.done = true;
     } else if (slot.timed_out && options_.on_lock_timeout == LockTimeoutPolicy::kRaise) {
       throw_lock_timeout(reread_keys[j]);
@@ -891,9 +936,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
     for (const Slot* slot : created_slots) {
       if (!values[slot->indices.front()]) throw_slot_timeout(stored[slot->indices.front()]);
     }
-    for (const Slot* slot : created_slots) {
-      counters_.stale_served.fetch_add(slot->indices.size(), std::memory_order_relaxed);
-    }
+    for (Slot* slot : created_slots) slot->answer = Answer::kStale;
     to_create.clear();
   }
   std::vector<T> created;
@@ -912,9 +955,7 @@ std::vector<T> Region::get_or_create_multi(std::span<const std::string> keys, Cr
       report(LogLevel::kWarning, stored[created_slots.front()->indices.front()],
              "get_or_create_multi: creator failed for " + std::to_string(to_create.size()) +
                  " keys, serving their stale values: " + internal::current_exception_text());
-      for (const Slot* slot : created_slots) {
-        counters_.stale_served.fetch_add(slot->indices.size(), std::memory_order_relaxed);
-      }
+      for (Slot* slot : created_slots) slot->answer = Answer::kStale;
       created_slots.clear();
       to_create.clear();
     }
@@ -978,8 +1019,10 @@ void Region::regenerate_async(std::string_view stored_key, Creator&& creator,
         // Re-read under the lock (rule 1): a fresh value may have landed.
         std::optional<T> again;
         if (lookup<T>(job->stored_key, job->options.read_options(), again) != State::kFresh) {
+          // The caller's read was counted (stale) when it returned.
+          Answer not_a_read = Answer::kMiss;
           create_and_store<T>(job->stored_key, job->creator, job->options, std::nullopt,
-                              job->mutex.get());
+                              job->mutex.get(), not_a_read);
         }
       } catch (const std::exception& e) {
         report(LogLevel::kError, job->stored_key,

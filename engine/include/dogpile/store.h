@@ -2,10 +2,11 @@
 //
 // A Store opens a cache directory without knowing the C++ types stored in it
 // (it reads envelope headers, docs/format.md) and offers what an operator
-// needs: per-region statistics kept in the store by every process, listing
-// and reading entries, erasing, purging expired entries, clearing regions,
-// invalidating, verifying every checksum and index entry, and writing a
-// compacted copy. The `dogpile` command is a thin shell over this class.
+// needs: per-region statistics kept in the store by every process (and
+// zeroing them), listing and reading entries, erasing, purging expired (or
+// old) entries, clearing regions, invalidating, verifying every checksum
+// and index entry, and writing a compacted copy. The `dogpile` command is a
+// thin shell over this class.
 //
 // Purge and clear work in bounded batches of write transactions, so a
 // writer in another process never waits long behind them. Verify reads one
@@ -27,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dogpile/clock.h"
+#include "dogpile/config.h"
 #include "dogpile/envelope.h"
 #include "dogpile/lmdb_backend.h"
 #include "dogpile/usage_counters.h"
@@ -51,11 +54,23 @@ struct StoreStats {
   std::string path{};
   std::vector<RegionUsage> regions{};  // sorted by name
   RegionUsage total{};                 // name "total": the sum over regions
-  std::uint64_t map_size = 0;          // current size of the memory map
-  std::uint64_t max_size = 0;          // limit the map may grow to
-  std::uint64_t file_size = 0;         // data.mdb on disk
-  std::uint64_t used_bytes = 0;        // pages in use (all trees, free list included)
-  std::uint32_t readers_used = 0;      // reader table slots in use
+  std::uint64_t map_size = 0;        // current size of this process's memory map
+  // The lmdb option max_size (the most the map grows to) of the last process
+  // that opened the cache with the lmdb backend, as it recorded it in the
+  // store (docs/format.md). A per-process setting: processes that opened
+  // the cache with another one keep theirs. nullopt: none recorded.
+  std::optional<std::uint64_t> max_size{};
+  std::uint64_t file_size = 0;       // data.mdb on disk
+  // The data file's pages up to the last one written, in one snapshot:
+  // those in use (the meta pages and every tree's, the free list's own
+  // included) and those on LMDB's free list, which later writes reuse once
+  // no reader still sees them (compact drops them).
+  std::uint32_t page_size = 0;
+  std::uint64_t used_pages = 0;
+  std::uint64_t free_pages = 0;
+  std::uint64_t used_bytes = 0;  // used_pages * page_size
+  std::uint64_t free_bytes = 0;  // free_pages * page_size
+  std::uint32_t readers_used = 0;    // reader table slots in use
   std::uint32_t max_readers = 0;
 };
 
@@ -101,9 +116,29 @@ struct VerifyReport {
   bool ok() const noexcept { return problems.empty(); }
 };
 
+struct PurgeOptions {
+  // Also remove every entry created more than this long ago (its envelope's
+  // created_at against the store's clock), expired or not. Must be above 0.
+  // Default: none (only expired entries go).
+  std::optional<Duration> older_than{};
+  // Most entries removed, and with older_than most looked at, per write
+  // transaction. Default: 1000.
+  std::uint64_t batch = 1000;
+};
+
 struct PurgeReport {
   std::uint64_t removed = 0;  // expired entries removed
   std::uint64_t scanned = 0;  // entries with an expiry (in the expiry index) when it began
+  // With older_than: entries removed for their age (after the expired ones),
+  // and the entries whose age was looked at (all written before it began).
+  std::uint64_t removed_older = 0;
+  std::uint64_t examined = 0;
+};
+
+// What zero_stats() reset.
+struct ZeroReport {
+  std::uint64_t regions = 0;  // regions whose usage counters were reset
+  UsageCounters counters{};   // what they had counted, summed
 };
 
 // Called as work proceeds: `done` of `total` units (entries; bytes for
@@ -116,11 +151,16 @@ struct StoreOptions {
   // Refuse a directory that does not hold a cache yet, rather than create one.
   // Default: true (inspection must not create caches by accident).
   bool must_exist = true;
-  // Used only when this process opens the directory first (LmdbOptions).
+  // Used only when this process opens the directory first (LmdbOptions);
+  // never recorded in the store, so stats() shows the max_size of the
+  // programs that use the cache, not this one.
   // Default: as LmdbOptions.
   std::uint64_t max_size = LmdbOptions{}.max_size;
   std::uint32_t max_regions = LmdbOptions{}.max_regions;
   Durability durability = Durability::kDurable;
+  // Wall clock purge() judges expiry and age by.
+  // Default: system_clock().
+  std::shared_ptr<Clock> clock{};
 };
 
 class Store {
@@ -150,10 +190,25 @@ class Store {
   bool get(std::string_view region, std::string_view key, Entry& out);
   // Whether an entry was removed.
   bool erase(std::string_view region, std::string_view key);
-  // Removes every entry past its expires_at (now, by the system clock), at
+  // Removes every entry past its expires_at (now, by the store's clock), at
   // most `batch` per write transaction; progress counts removed entries of
   // those in the expiry index.
   PurgeReport purge(const Progress& progress = {}, std::uint64_t batch = 1000);
+  // purge(), and then with options.older_than every entry created longer
+  // ago than that, walking the write index in batches; progress counts the
+  // expiry index's entries and then the entries looked at. Entries written
+  // while it runs are left alone, and entries that are no envelope stay
+  // (verify reports them). Removals for age count in no usage counter. A
+  // bad option is a ConfigError naming it.
+  PurgeReport purge(const PurgeOptions& options, const Progress& progress = {});
+  // Resets the usage counters (StoreStats' counters) of `region`, or of
+  // every region, in one write transaction, and returns what they held.
+  // Processes add to the counters in write transactions of their own, so no
+  // addition is lost or counted twice: each lands before the reset (and is
+  // in the report) or after it. Regions publish in batches
+  // (RegionOptions::stats_interval), so reads made shortly before the reset
+  // may still arrive after it. An unknown region is a StoreError (ENOENT).
+  ZeroReport zero_stats(std::optional<std::string_view> region = std::nullopt);
   // Removes every entry of `region`, or of every region; returns how many.
   // Usage counters stay. An unknown region is a StoreError (ENOENT).
   std::uint64_t clear(std::optional<std::string_view> region = std::nullopt);

@@ -12,9 +12,10 @@
 namespace dogpile {
 
 struct UsageCounters {
-  std::uint64_t hits = 0;            // fresh values returned
-  std::uint64_t misses = 0;          // reads that found no usable entry
-  std::uint64_t stale_served = 0;    // stale values returned while another caller created
+  // Each read counts once, as one of these three (RegionStats).
+  std::uint64_t hits = 0;            // reads that returned a fresh stored value
+  std::uint64_t misses = 0;          // reads that returned no stored value (a created one, or none)
+  std::uint64_t stale_served = 0;    // reads that returned a stale stored value
   std::uint64_t creations = 0;       // creator calls that returned
   std::uint64_t corruptions = 0;     // entries that failed their checksum or decode
   std::uint64_t mismatches = 0;      // entries of another type or schema version
