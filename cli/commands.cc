@@ -862,17 +862,6 @@ const CLI::Validator& positive_duration() {
   return validator;
 }
 
-const CLI::Validator& size_value() {
-  static const CLI::Validator validator(
-      [](const std::string& text) -> std::string {
-        std::uint64_t n = 0;
-        if (Status s = parse_size(text, n); !s) return s.message();
-        return {};
-      },
-      "", "SIZE");
-  return validator;
-}
-
 namespace {
 
 struct CommonArgs {

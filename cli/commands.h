@@ -31,9 +31,6 @@ const CLI::Validator& unsigned_number();
 // than 0; the error quotes the text.
 const CLI::Validator& positive_duration();
 
-// A size as parse_size reads it ("64KiB", "1MB", a bare number of bytes).
-const CLI::Validator& size_value();
-
 // Exit codes of every subcommand.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitNotFound = 1;    // no such key or region; a demo check failed

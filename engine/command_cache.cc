@@ -469,12 +469,11 @@ class OutputSink {
   // Takes bytes read from the command's stream `i` (0 stdout, 1 stderr).
   // False when they could not be passed on: the reader of our stream left.
   bool take(int i, std::string_view bytes) {
-    std::string& kept = i == 0 ? result_.out : result_.err;
     if (!report_.overflowed) {
-      if (bytes.size() <= options_.max_output - kept_ &&
-          kept_ + bytes.size() <= options_.max_output) {
-        kept.append(bytes);
-        kept_ += bytes.size();
+      // Never above max_output, so the subtraction cannot wrap.
+      const std::size_t kept = result_.out.size() + result_.err.size();
+      if (bytes.size() <= options_.max_output - kept) {
+        (i == 0 ? result_.out : result_.err).append(bytes);
         return true;
       }
       report_.overflowed = true;
@@ -500,7 +499,6 @@ class OutputSink {
   const RunOptions& options_;
   CommandResult& result_;
   RunReport& report_;
-  std::size_t kept_ = 0;
   bool broken_[2] = {false, false};
 };
 
